@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The project's exceptions: one root, so callers can catch everything of ours at once."""
+
+from __future__ import annotations
+
+
+class MiprunerError(Exception):
+    """Root of every error raised by mipruner-vllm."""
+
+
+class PruningParameterError(MiprunerError, ValueError):
+    """A pruning argument is outside its allowed values.
+
+    ``field`` names the argument as the user spells it (``keep_ratio``, ``mi_tau``...), so the
+    server can return it as the OpenAI error ``param`` and the message can be shown as is.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class PruningInputError(MiprunerError, ValueError):
+    """The embeddings handed to a selection are unusable (shape, dtype, NaN/inf)."""
+
+
+class KernelUnavailableError(MiprunerError, RuntimeError):
+    """A backend was forced (``backend="triton"``) but cannot run on this input or machine."""
+
+
+class UnsupportedVllmError(MiprunerError, RuntimeError):
+    """The installed vLLM is outside the range this plugin supports."""

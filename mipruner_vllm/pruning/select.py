@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Public selection API: :func:`select_tokens` for one item, :func:`select_tokens_batch` for many.
+
+Both validate their inputs, resolve defaults from the settings object, apply the budget rule
+(DESIGN.md 2.4) and dispatch to a backend: the Triton kernels for CUDA tensors when they support
+the request, the torch reference otherwise (see :mod:`mipruner_vllm.pruning.backend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mipruner_vllm.config import get_settings
+from mipruner_vllm.errors import PruningInputError, PruningParameterError
+from mipruner_vllm.params import PruningParams, n_keep, resolve_params
+from mipruner_vllm.pruning import reference
+
+
+def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | None = None) -> None:
+    """Reject unusable embeddings with a message that names the argument (and the item)."""
+    where = "" if item is None else f"[{item}]"
+    for name, x in (("visual", visual), ("text", text)):
+        if not isinstance(x, torch.Tensor):
+            raise PruningInputError(f"{name}{where} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise PruningInputError(f"{name}{where} must be 2-D (tokens, hidden), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise PruningInputError(f"{name}{where} must be a floating-point tensor, got {x.dtype}")
+    if visual.shape[0] < 1:
+        raise PruningInputError(f"visual{where} must have at least one token, got shape {tuple(visual.shape)}")
+    if text.shape[0] > 0 and text.shape[1] != visual.shape[1]:
+        raise PruningInputError(
+            f"text{where} hidden size {text.shape[1]} does not match visual hidden size {visual.shape[1]}"
+        )
+    if text.shape[0] > 0 and text.device != visual.device:
+        raise PruningInputError(f"text{where} is on {text.device} but visual{where} is on {visual.device}")
+    for name, x in (("visual", visual), ("text", text)):
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise PruningInputError(f"{name}{where} contains NaN or inf values")
+
+
+def select_reference(visual: torch.Tensor, text: torch.Tensor, params: PruningParams) -> torch.Tensor:
+    """The torch path for one checked item: kept indices, ascending, ``params.n_keep(N_V)`` long."""
+    n = visual.shape[0]
+    k = params.n_keep(n)
+    if params.method == "none" or k == n:
+        return torch.arange(n, dtype=torch.int64, device=visual.device)
+    if params.method == "mi":
+        return reference.select_mi(
+            visual, text, k, params.mi_lambda, params.mi_tau, params.aggregation, params.normalization
+        )
+    if params.method == "similarity":
+        return reference.select_similarity(visual, text, k)
+    if params.method == "random":
+        return reference.select_random(n, k, params.seed, visual.device)
+    if params.method == "divprune":
+        return reference.select_divprune(visual, k)
+    if params.method == "trimtokenator":
+        stage1 = n_keep(n, keep_ratio=params.trim_stage1_ratio)
+        return reference.select_trimtokenator(visual, text, k, stage1)
+    raise PruningParameterError("method", f"unknown method {params.method!r}")  # unreachable: validated
+
+
+def select_tokens(
+    visual: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    keep_ratio: float | None = None,
+    keep_tokens: int | None = None,
+    method: str | None = None,
+    mi_lambda: float | None = None,
+    mi_tau: float | None = None,
+    aggregation: str | None = None,
+    normalization: str | None = None,
+    trim_stage1_ratio: float | None = None,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Indices of the visual tokens to keep, ascending, exactly ``N_keep`` long.
+
+    ``visual``: ``(N_V, d)`` projected visual embeddings of one media item (what the LLM would
+    receive); ``text``: ``(N_T, d)`` input embeddings of the query tokens (``N_T`` may be 0).
+    Unset arguments take their defaults from :class:`~mipruner_vllm.config.MiprunerSettings`;
+    ``N_keep`` follows :func:`~mipruner_vllm.params.n_keep`. ``backend`` is ``"auto"`` (Triton
+    for CUDA tensors, torch otherwise), ``"torch"`` or ``"triton"``. Any dtype is computed in
+    float32. Raises :class:`~mipruner_vllm.errors.PruningParameterError` /
+    :class:`~mipruner_vllm.errors.PruningInputError` (both ``ValueError``) on bad input.
+    """
+    params = resolve_params(
+        keep_ratio=keep_ratio,
+        keep_tokens=keep_tokens,
+        method=method,
+        mi_lambda=mi_lambda,
+        mi_tau=mi_tau,
+        aggregation=aggregation,
+        normalization=normalization,
+        trim_stage1_ratio=trim_stage1_ratio,
+        seed=seed,
+    )
+    return select_tokens_batch([visual], [text], params, backend=backend)[0]
+
+
+def select_tokens_batch(
+    visuals: Sequence[torch.Tensor],
+    texts: Sequence[torch.Tensor],
+    params: PruningParams | Sequence[PruningParams],
+    *,
+    backend: str | None = None,
+) -> list[torch.Tensor]:
+    """:func:`select_tokens` over several items of different sizes and parameters at once.
+
+    This is the shape the vLLM layer uses for one encoder batch (items from different requests).
+    ``params`` is one :class:`~mipruner_vllm.params.PruningParams` for all items or one per item
+    (build them with :func:`~mipruner_vllm.params.resolve_params`). Returns one index tensor per
+    item, in item order.
+    """
+    from mipruner_vllm.pruning.backend import run_batch  # local: keeps import order acyclic
+
+    if len(visuals) != len(texts):
+        raise PruningInputError(f"got {len(visuals)} visual items but {len(texts)} text items")
+    if isinstance(params, PruningParams):
+        params = [params] * len(visuals)
+    elif len(params) != len(visuals):
+        raise PruningInputError(f"got {len(visuals)} items but {len(params)} parameter sets")
+    for i, (v, t) in enumerate(zip(visuals, texts, strict=True)):
+        check_embeddings(v, t, item=i if len(visuals) > 1 else None)
+    backend = backend if backend is not None else get_settings().backend
+    return run_batch(list(visuals), list(texts), list(params), backend)
