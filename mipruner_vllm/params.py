@@ -152,14 +152,58 @@ def resolve_params(
     return params
 
 
-def params_from_mapping(values: Mapping[str, Any], settings: MiprunerSettings | None = None) -> PruningParams:
-    """:func:`resolve_params` for a dict (request body, ``mm_processor_kwargs``); unknown keys are errors."""
-    unknown = sorted(set(values) - set(ALLOWED_VALUES))
+#: Names of the pruning fields in a request (HTTP body, ``mm_processor_kwargs``) and the
+#: :func:`resolve_params` argument each maps to. The request names carry a prefix where the bare
+#: name would be ambiguous next to other OpenAI/vLLM fields (``pruning_method``, not ``method``).
+REQUEST_FIELDS: dict[str, str] = {
+    "keep_ratio": "keep_ratio",
+    "keep_tokens": "keep_tokens",
+    "pruning_method": "method",
+    "mi_lambda": "mi_lambda",
+    "mi_tau": "mi_tau",
+    "mi_aggregation": "aggregation",
+    "mi_normalization": "normalization",
+    "trim_stage1_ratio": "trim_stage1_ratio",
+    "pruning_seed": "seed",
+}
+_REQUEST_NAME = {arg: field for field, arg in REQUEST_FIELDS.items()}
+
+
+def params_from_request(values: Mapping[str, Any], settings: MiprunerSettings | None = None) -> PruningParams:
+    """:func:`resolve_params` for request fields (see :data:`REQUEST_FIELDS`).
+
+    Unknown keys are errors, and errors name the field as the request spells it
+    (``pruning_method``, not ``method``). ``None`` values mean "use the default".
+    """
+    unknown = sorted(set(values) - set(REQUEST_FIELDS))
     if unknown:
         raise PruningParameterError(
-            unknown[0], "unknown pruning parameter; allowed: " + ", ".join(ALLOWED_VALUES)
+            unknown[0], "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
         )
-    return resolve_params(**values, settings=settings)
+    try:
+        return resolve_params(**{REQUEST_FIELDS[k]: v for k, v in values.items()}, settings=settings)
+    except PruningParameterError as exc:
+        field = _REQUEST_NAME.get(exc.field, exc.field)
+        raise PruningParameterError(field, exc.message) from None
+
+
+def request_fields(params: PruningParams) -> dict[str, Any]:
+    """The normalised request-field form of ``params``: sorted keys, floats as float, no Nones.
+
+    Equal settings give equal dicts (and so equal multimodal hashes in vLLM).
+    """
+    values = {
+        "keep_ratio": None if params.keep_ratio is None else float(params.keep_ratio),
+        "keep_tokens": params.keep_tokens,
+        "pruning_method": params.method,
+        "mi_lambda": float(params.mi_lambda),
+        "mi_tau": float(params.mi_tau),
+        "mi_aggregation": params.aggregation,
+        "mi_normalization": params.normalization,
+        "trim_stage1_ratio": float(params.trim_stage1_ratio),
+        "pruning_seed": params.seed,
+    }
+    return {k: values[k] for k in sorted(values) if values[k] is not None}
 
 
 def n_keep(n_visual: int, *, keep_ratio: float | None = None, keep_tokens: int | None = None) -> int:

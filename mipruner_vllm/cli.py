@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model`` and ``serve``.
+
+Each subcommand imports its implementation lazily, so ``mipruner-vllm --help`` stays fast and
+nothing imports vLLM before it is needed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="mipruner-vllm",
+    help="MI-Pruner visual-token pruning for vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def smoke() -> None:
+    """One-line check of the installed environment: vLLM, torchvision, a Qwen2-VL processor, a selection."""
+    from mipruner_vllm.envcheck import smoke_report
+
+    typer.echo(smoke_report())
+
+
+@app.command("demo-model")
+def demo_model(
+    arch: str = typer.Option(..., help="qwen2_vl | qwen2_5_vl | qwen3_vl | llava | llava_next"),
+    out: str = typer.Option(..., help="Output directory of the checkpoint."),
+    size: str = typer.Option("tiny", help="tiny (tests) | mid (realistic widths, benchmarks)"),
+) -> None:
+    """Write a deterministic, randomly initialised checkpoint that vLLM loads offline."""
+    from mipruner_vllm.demo_model import build_demo_model
+
+    path = build_demo_model(arch, out, size=size)
+    typer.echo(str(path))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)
+def serve(ctx: typer.Context) -> None:
+    """Start the OpenAI-compatible server (vLLM's, with the pruning layer). `serve --help` for flags."""
+    from mipruner_vllm.server.launcher import main as serve_main
+
+    serve_main(list(ctx.args))
+
+
+if __name__ == "__main__":
+    app()
