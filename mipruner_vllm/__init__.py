@@ -31,7 +31,19 @@ _EXPORTS = {
     "select_tokens_batch": "mipruner_vllm.pruning.select",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "MiprunerError",
+    "MiprunerSettings",
+    "PruningInputError",
+    "PruningParameterError",
+    "PruningParams",
+    "__version__",
+    "get_settings",
+    "n_keep",
+    "resolve_params",
+    "select_tokens",
+    "select_tokens_batch",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from mipruner_vllm.config import MiprunerSettings, get_settings

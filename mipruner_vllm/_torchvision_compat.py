@@ -105,6 +105,3 @@ def install_pth(site_packages: str | None = None) -> str:
         handle.write(PTH_LINE)
     return target
 
-
-if __name__ == "__main__":
-    print(install_pth())

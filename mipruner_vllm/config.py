@@ -53,6 +53,11 @@ class MiprunerSettings(BaseSettings):
         "auto", description="Selection backend: auto (Triton on CUDA tensors, torch otherwise), torch or triton."
     )
     skip_version_check: bool = Field(False, description="Load the vLLM plugin outside the supported vLLM range.")
+    debug_dir: str | None = Field(
+        None,
+        description="If set, vLLM workers append one JSON line per pruned media item (kept indices, "
+        "query token ids, parameters) to <debug_dir>/selections.jsonl; for tests and debugging only.",
+    )
 
 
 @functools.lru_cache(maxsize=1)

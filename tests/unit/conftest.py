@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: Apache-2.0
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# The float64 transcription of Algorithm 1 is a plain helper module beside the tests; with
+# --import-mode=importlib pytest does not put test directories on sys.path, so do it here.
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch):
+    """Each test sees the settings of its own environment, not a cached earlier one."""
+    from mipruner_vllm.config import get_settings
+
+    for name in list(__import__("os").environ):
+        if name.startswith("MIPRUNER_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The budget rule (DESIGN.md 2.4), the settings object and the request-field mapping."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mipruner_vllm import PruningParameterError, get_settings, n_keep, resolve_params
+from mipruner_vllm.params import REQUEST_FIELDS, params_from_request, request_fields
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "n_visual,kwargs,expected",
+    [
+        (1024, {"keep_ratio": 0.25}, 256),
+        (1024, {"keep_ratio": 1.0}, 1024),
+        (576, {"keep_ratio": 0.1}, 58),  # ceil(57.6)
+        (100, {"keep_ratio": 0.07}, 7),  # decimal semantics: not 8 from 7.000000000000001
+        (100, {"keep_ratio": 0.29}, 29),
+        (10, {"keep_ratio": 0.01}, 1),  # clamped up to 1
+        (3, {"keep_ratio": 0.5}, 2),
+        (16, {"keep_tokens": 4}, 4),
+        (16, {"keep_tokens": 64}, 16),  # clamped down to N_V
+        (1, {"keep_tokens": 1}, 1),
+    ],
+)
+def test_budget_rule(n_visual, kwargs, expected):
+    assert n_keep(n_visual, **kwargs) == expected
+
+
+def test_budget_rule_rejects_bad_arguments():
+    with pytest.raises(PruningParameterError, match="n_visual"):
+        n_keep(0, keep_ratio=0.5)
+    with pytest.raises(PruningParameterError, match="exactly one"):
+        n_keep(10)
+    with pytest.raises(PruningParameterError, match="exactly one"):
+        n_keep(10, keep_ratio=0.5, keep_tokens=2)
+    with pytest.raises(PruningParameterError, match="keep_ratio"):
+        n_keep(10, keep_ratio=0.0)
+    with pytest.raises(PruningParameterError, match="keep_tokens"):
+        n_keep(10, keep_tokens=0)
+
+
+def test_params_n_keep_and_prunes():
+    assert resolve_params(keep_ratio=0.5).n_keep(9) == 5
+    assert resolve_params(keep_tokens=3).n_keep(9) == 3
+    assert resolve_params(method="none").n_keep(9) == 9
+    assert resolve_params(keep_ratio=0.5).prunes
+    assert resolve_params(keep_tokens=10_000).prunes  # may prune, depending on N_V
+    assert not resolve_params().prunes  # default keep_ratio 1.0
+    assert not resolve_params(method="none").prunes
+
+
+def test_settings_defaults():
+    settings = get_settings()
+    assert settings.keep_ratio == 1.0 and settings.keep_tokens is None
+    assert (settings.method, settings.mi_lambda, settings.mi_tau) == ("mi", 1.0, 0.1)
+    assert (settings.aggregation, settings.normalization, settings.trim_stage1_ratio) == ("max", "softmax", 0.8)
+    assert settings.backend == "auto"
+
+
+def test_settings_from_environment_become_defaults(monkeypatch):
+    monkeypatch.setenv("MIPRUNER_KEEP_RATIO", "0.5")
+    monkeypatch.setenv("MIPRUNER_MI_LAMBDA", "0.25")
+    monkeypatch.setenv("MIPRUNER_METHOD", "trimtokenator")
+    get_settings.cache_clear()
+    params = resolve_params()
+    assert (params.keep_ratio, params.mi_lambda, params.method) == (0.5, 0.25, "trimtokenator")
+    # An explicit argument still wins over the environment.
+    assert resolve_params(keep_tokens=4).keep_tokens == 4
+    assert resolve_params(keep_tokens=4).keep_ratio is None
+
+
+def test_settings_keep_tokens_default(monkeypatch):
+    monkeypatch.setenv("MIPRUNER_KEEP_TOKENS", "64")
+    get_settings.cache_clear()
+    assert resolve_params().keep_tokens == 64
+    assert resolve_params(keep_ratio=0.5).keep_tokens is None
+
+
+@pytest.mark.parametrize("name,value", [("KEEP_RATIO", "2"), ("MI_TAU", "0"), ("METHOD", "magic")])
+def test_bad_environment_fails_at_load(monkeypatch, name, value):
+    monkeypatch.setenv(f"MIPRUNER_{name}", value)
+    get_settings.cache_clear()
+    with pytest.raises(ValidationError, match=name.lower()):
+        get_settings()
+
+
+def test_request_fields_roundtrip_and_normalisation():
+    params = params_from_request({"keep_ratio": 0.5, "pruning_method": "mi", "mi_lambda": 1})
+    fields = request_fields(params)
+    assert list(fields) == sorted(fields)
+    assert fields["mi_lambda"] == 1.0 and isinstance(fields["mi_lambda"], float)
+    # Key order and int/float spelling do not change the normalised form.
+    other = params_from_request({"mi_lambda": 1.0, "pruning_method": "mi", "keep_ratio": 0.5})
+    assert request_fields(other) == fields
+    assert params_from_request(fields) == params
+    assert set(fields) <= set(REQUEST_FIELDS)
+
+
+def test_request_errors_use_request_names():
+    with pytest.raises(PruningParameterError, match="^pruning_method: must be one of") as info:
+        params_from_request({"pruning_method": "magic"})
+    assert info.value.field == "pruning_method"
+    with pytest.raises(PruningParameterError, match="^mi_aggregation:"):
+        params_from_request({"mi_aggregation": "sum"})
+    with pytest.raises(PruningParameterError, match="^max_pixels: unknown pruning field"):
+        params_from_request({"max_pixels": 100})
+    with pytest.raises(PruningParameterError, match="^keep_tokens: give either"):
+        params_from_request({"keep_tokens": 3, "keep_ratio": 0.5})
