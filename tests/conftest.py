@@ -1,0 +1,39 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures shared by every test directory: the tiny demo checkpoints.
+
+``demo_model_dir(arch, size="tiny")`` returns the path of a demo checkpoint built by
+:func:`mipruner_vllm.demo_model.ensure_demo_model`. Checkpoints are built at most once per test
+session into one session-wide cache directory (a pytest temp dir), so the unit, env and vLLM
+tests share them. Set ``MIPRUNER_TEST_DEMO_CACHE=/some/dir`` to keep them across sessions
+(the builder version is part of each directory name, so a stale build is never reused).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session-wide cache directory for demo checkpoints."""
+    keep = os.environ.get("MIPRUNER_TEST_DEMO_CACHE")
+    if keep:
+        path = Path(keep).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("demo-models")
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(demo_cache_dir: Path) -> Callable[..., Path]:
+    """``demo_model_dir(arch, size="tiny") -> Path``: a built demo checkpoint (cached)."""
+    from mipruner_vllm.demo_model import ensure_demo_model
+
+    def get(arch: str, size: str = "tiny") -> Path:
+        return ensure_demo_model(arch, size, cache_dir=demo_cache_dir)
+
+    return get
