@@ -143,12 +143,14 @@ def resolve_params(
         raise PruningParameterError(
             field, f"must be {ALLOWED_VALUES.get(field, 'valid')}, got {error.get('input')!r}"
         ) from None
-    if params.method == "none" and (
-        (keep_ratio is not None and keep_ratio < 1.0) or keep_tokens is not None
-    ):
-        raise PruningParameterError(
-            "method", "'none' keeps every token; leave keep_ratio/keep_tokens unset (or keep_ratio=1)"
-        )
+    if params.method == "none":
+        if (keep_ratio is not None and keep_ratio < 1.0) or keep_tokens is not None:
+            raise PruningParameterError(
+                "method", "'none' keeps every token; leave keep_ratio/keep_tokens unset (or keep_ratio=1)"
+            )
+        # A default budget means nothing next to 'none': store the budget it really has, so the
+        # parameters round-trip through request_fields / params_from_request unchanged.
+        params = params.model_copy(update={"keep_ratio": 1.0, "keep_tokens": None})
     return params
 
 

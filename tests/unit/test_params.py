@@ -111,3 +111,12 @@ def test_request_errors_use_request_names():
         params_from_request({"max_pixels": 100})
     with pytest.raises(PruningParameterError, match="^keep_tokens: give either"):
         params_from_request({"keep_tokens": 3, "keep_ratio": 0.5})
+
+
+def test_none_method_with_a_default_budget_round_trips(monkeypatch):
+    # A server default budget below 1 must not make 'none' requests invalid downstream.
+    monkeypatch.setenv("MIPRUNER_KEEP_RATIO", "0.5")
+    get_settings.cache_clear()
+    params = params_from_request({"pruning_method": "none"})
+    assert (params.keep_ratio, params.keep_tokens, params.n_keep(10)) == (1.0, None, 10)
+    assert params_from_request(request_fields(params)) == params

@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every Prometheus metric of mipruner-vllm, defined once, here.
+
+Names follow Prometheus' conventions (``mipruner_`` prefix, underscores, unit suffixes; no colons,
+which are reserved for recording rules). Labels are bounded: ``model`` (the served model name the
+request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``) and
+``backend`` (``torch`` / ``triton``); never request ids.
+
+Two kinds of process update them:
+
+* the API server (one or several), once per finished request, from the request's pruning outcome
+  (:func:`record_request`): visual tokens in / kept / saved, pruned requests, keep-ratio;
+* vLLM's worker processes, where the selection runs (:func:`observe_selection`): selection latency
+  and the active backend.
+
+Worker values reach ``/metrics`` only through prometheus_client's multiprocess mode:
+``PROMETHEUS_MULTIPROC_DIR`` must be set before any process imports prometheus_client, which the
+``mipruner-vllm serve`` launcher does. vLLM's ``/metrics`` then reads every process's files through
+``MultiProcessCollector`` (``vllm.v1.metrics.prometheus.get_prometheus_registry``). Without that
+variable the API-server metrics still show up (default registry) and worker metrics stay local.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mipruner_vllm.outcome import RequestOutcome
+
+#: Keep-ratio buckets: the common budgets (1/8, 1/4, 1/2...) fall exactly on a bucket edge.
+KEEP_RATIO_BUCKETS = (0.05, 0.1, 0.125, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
+#: Selection latency buckets, per encoder batch: ~50 us (small item, Triton) to seconds (CPU, video).
+SELECTION_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+VISUAL_TOKENS = Counter(
+    "mipruner_visual_tokens",
+    "Visual tokens of the media items in finished requests, before pruning (N_V).",
+    ["model", "method", "modality"],
+)
+VISUAL_TOKENS_KEPT = Counter(
+    "mipruner_visual_tokens_kept",
+    "Visual tokens kept and sent to LLM prefill (N_keep).",
+    ["model", "method", "modality"],
+)
+VISUAL_TOKENS_SAVED = Counter(
+    "mipruner_visual_tokens_saved",
+    "Visual tokens pruned away before LLM prefill (N_V - N_keep).",
+    ["model", "method", "modality"],
+)
+PRUNED_REQUESTS = Counter(
+    "mipruner_pruned_requests",
+    "Finished requests in which at least one media item lost visual tokens.",
+    ["model", "method"],
+)
+KEEP_RATIO = Histogram(
+    "mipruner_keep_ratio",
+    "Realised keep ratio N_keep / N_V, one observation per media item.",
+    ["model", "method", "modality"],
+    buckets=KEEP_RATIO_BUCKETS,
+)
+SELECTION_SECONDS = Histogram(
+    "mipruner_selection_seconds",
+    "Wall time of one batched token selection in the worker (all items of one encoder batch).",
+    ["backend"],
+    buckets=SELECTION_BUCKETS,
+)
+SELECTED_ITEMS = Counter(
+    "mipruner_selected_items",
+    "Media items that went through a token selection in the worker.",
+    ["backend"],
+)
+# "max" across processes: every worker that ran a backend reports 1 for it, and a dead worker's
+# file still says which backend it used (a fresh multiprocess directory per server run).
+BACKEND_INFO = Gauge(
+    "mipruner_backend_info",
+    "1 for each selection backend (torch / triton) that has run in this server.",
+    ["backend"],
+    multiprocess_mode="max",
+)
+
+
+def observe_selection(seconds: float, backend: str, n_items: int) -> None:
+    """Record one batched selection; called by the plugin in the worker, where it ran."""
+    SELECTION_SECONDS.labels(backend=backend).observe(seconds)
+    SELECTED_ITEMS.labels(backend=backend).inc(n_items)
+    BACKEND_INFO.labels(backend=backend).set(1)
+
+
+def record_request(model: str, outcome: RequestOutcome) -> None:
+    """Count the media items of one finished request (API-server side)."""
+    pruned_methods: set[str] = set()
+    for item in outcome.items:
+        labels = {"model": model, "method": item.method, "modality": item.modality}
+        VISUAL_TOKENS.labels(**labels).inc(item.n_visual)
+        VISUAL_TOKENS_KEPT.labels(**labels).inc(item.n_kept)
+        VISUAL_TOKENS_SAVED.labels(**labels).inc(item.n_visual - item.n_kept)
+        if item.n_visual > 0:
+            KEEP_RATIO.labels(**labels).observe(item.n_kept / item.n_visual)
+        if item.n_kept < item.n_visual:
+            pruned_methods.add(item.method)
+    for method in sorted(pruned_methods):
+        PRUNED_REQUESTS.labels(model=model, method=method).inc()

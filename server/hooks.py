@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The two places where the server layer reads vLLM's API-server internals, kept in one file.
+
+Both are re-checked on every vLLM bump (the supported range is pinned in pyproject.toml):
+
+* :func:`pruning_enabled` reads the served architecture from ``app.state.vllm_config``
+  (set by ``init_app_state``);
+* :func:`ensure_outcome_context` makes the renderer's multimodal-processing thread see the
+  request's :mod:`contextvars`, so :func:`mipruner_vllm.outcome.record_item`, called by the
+  processor, reaches the outcome collected for that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_ARCH_PREFIX = "MIPruner"
+
+
+def served_architectures(app: Any) -> list[str]:
+    """Architectures of the served model after ``--hf-overrides`` (empty if unknown)."""
+    config = getattr(getattr(app, "state", None), "vllm_config", None)
+    if config is None:
+        return []
+    return list(getattr(config.model_config, "architectures", None) or [])
+
+
+def pruning_enabled(app: Any) -> bool:
+    """True when the served model runs one of the plugin's pruning architectures."""
+    return any(arch.startswith(_ARCH_PREFIX) for arch in served_architectures(app))
+
+
+def ensure_outcome_context(app: Any) -> None:
+    """Run the renderer's multimodal processing in a copy of the caller's context (idempotent).
+
+    Why: vLLM 0.32 runs ``BaseRenderer._process_multimodal`` (which calls the processor) through
+    ``make_async`` = ``loop.run_in_executor`` on a single-thread executor, and
+    ``run_in_executor`` does not carry :mod:`contextvars` into the thread (unlike
+    ``asyncio.to_thread``). Without this, ``record_item`` in the processor sees no collector and
+    ``usage`` would report 0 visual tokens. The replacement is the same call on the same
+    executor (same ordering and thread), wrapped in ``contextvars.copy_context().run``; the copy
+    shares the request's :class:`~mipruner_vllm.outcome.RequestOutcome` object, so the items
+    recorded in the thread are visible to the request. One copy per call, so concurrent requests
+    never share a context.
+    """
+    engine_client = getattr(getattr(app, "state", None), "engine_client", None)
+    renderer = getattr(engine_client, "renderer", None)
+    if renderer is None or getattr(renderer, "_mipruner_context_aware", False):
+        return
+    process = renderer._process_multimodal
+    executor = renderer._mm_executor
+
+    async def process_multimodal_async(*args: Any, **kwargs: Any) -> Any:
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(context.run, process, *args, **kwargs))
+
+    renderer._process_multimodal_async = process_multimodal_async
+    renderer._mipruner_context_aware = True
+    logger.debug("mipruner: renderer multimodal processing now carries the request context")

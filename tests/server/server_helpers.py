@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Helpers of the server tests: start/stop a real server, build requests, read /metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+#: The embedded default serves this name.
+MODEL = "mipruner-demo"
+#: A 112x112 image is 8x8 patches of 14 px, merged 2x2: 16 visual tokens on the tiny Qwen2.5-VL.
+IMAGE_SIZE = (112, 112)
+N_VISUAL = 16
+START_TIMEOUT_S = float(os.environ.get("MIPRUNER_TEST_SERVER_TIMEOUT", "420"))
+
+
+@dataclass
+class Server:
+    base_url: str
+    log: Path
+    process: subprocess.Popen
+    ready_after_s: float
+
+    @property
+    def api(self) -> str:
+        return self.base_url + "/v1"
+
+    def log_tail(self, n: int = 80) -> str:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).with_name("mipruner-vllm")
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-m", "mipruner_vllm.cli", "serve"]
+
+
+def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cache_dir: Path | None = None) -> Server:
+    """Start ``mipruner-vllm serve`` on a free loopback port and wait for ``/health``.
+
+    ``cache_dir`` is where the embedded demo checkpoint is built (``MIPRUNER_CACHE_DIR``).
+    """
+    port = free_port()
+    log = tmp_dir / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIPRUNER_") or k == "MIPRUNER_CACHE_DIR"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the launcher makes a fresh one
+    if cache_dir is not None:
+        env["MIPRUNER_CACHE_DIR"] = str(cache_dir)
+    cmd = [*serve_command(), "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    started = time.monotonic()
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", log, process, 0.0)
+    deadline = started + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(server.base_url + "/health", timeout=2).status_code == 200:
+                server.ready_after_s = time.monotonic() - started
+                print(f"\n{name}: ready after {server.ready_after_s:.1f} s ({' '.join(cmd)})")
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop_server(server)
+    pytest.fail(f"server not ready after {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM the whole process group (API server, engine core, workers), then SIGKILL."""
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=10)
+
+
+def image_data_url(seed: int = 0, size: tuple[int, int] = IMAGE_SIZE) -> str:
+    """A deterministic RGB image as a PNG data URL (no network)."""
+    from PIL import Image
+
+    width, height = size
+    pixels = bytes((x * 7 + y * 13 + seed * 31 + c * 85) % 256 for y in range(height) for x in range(width) for c in range(3))
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_messages(question: str = "What is in this picture?", seed: int = 0) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(seed)}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
+
+
+def chat_body(**fields) -> dict:
+    """A small valid chat body with an image; ``fields`` are merged at the top level."""
+    return {"model": MODEL, "messages": image_messages(), "max_tokens": 2, "temperature": 0.0, **fields}
+
+
+def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` parsed with prometheus_client's parser: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def sample(samples: dict, name: str, **labels: str) -> float:
+    """Value of one series (0 if absent, as a counter that never moved)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum over every series of ``name`` whose labels include ``labels``."""
+    return sum(
+        value for (n, lbls), value in samples.items()
+        if n == name and all(dict(lbls).get(k) == v for k, v in labels.items())
+    )

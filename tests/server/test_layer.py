@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The pruning layer's pure parts, without a server: body rewrite, SSE usage, OpenAPI, flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from mipruner_vllm.errors import PruningParameterError
+from mipruner_vllm.outcome import ItemOutcome, RequestOutcome
+from mipruner_vllm.server.middleware import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    _SSEUsageRewriter,
+    prepare_body,
+)
+from mipruner_vllm.server.protocol import openapi_with_pruning
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(autouse=True)
+def _clean_settings(monkeypatch):
+    from mipruner_vllm.config import get_settings
+
+    for name in list(__import__("os").environ):
+        if name.startswith("MIPRUNER_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_fields_move_into_normalised_mm_processor_kwargs():
+    body = {"model": "m", "messages": [], "mi_lambda": 1, "keep_ratio": 0.5, "temperature": 0}
+    out = prepare_body(body, endpoint=CHAT_PATH, pruning_enabled=True)
+    kwargs = out.pop("mm_processor_kwargs")
+    assert out == {"model": "m", "messages": [], "temperature": 0}
+    assert list(kwargs) == sorted(kwargs)
+    assert kwargs["keep_ratio"] == 0.5 and kwargs["mi_lambda"] == 1.0 and isinstance(kwargs["mi_lambda"], float)
+    assert kwargs["pruning_method"] == "mi"
+
+
+def test_equal_settings_give_equal_kwargs_whatever_the_spelling():
+    a = prepare_body({"keep_ratio": 0.25, "mi_tau": 0.1}, endpoint=CHAT_PATH, pruning_enabled=True)
+    b = prepare_body({"mm_processor_kwargs": {"mi_tau": 0.1, "keep_ratio": 0.25}}, endpoint=CHAT_PATH, pruning_enabled=True)
+    c = prepare_body({"keep_ratio": 0.25}, endpoint=CHAT_PATH, pruning_enabled=True)
+    assert json.dumps(a) == json.dumps(b) == json.dumps(c)
+
+
+def test_server_defaults_fill_unset_fields(monkeypatch):
+    from mipruner_vllm.config import get_settings
+
+    monkeypatch.setenv("MIPRUNER_KEEP_RATIO", "0.5")
+    monkeypatch.setenv("MIPRUNER_MI_LAMBDA", "0.3")
+    get_settings.cache_clear()
+    kwargs = prepare_body({}, endpoint=CHAT_PATH, pruning_enabled=True)["mm_processor_kwargs"]
+    assert (kwargs["keep_ratio"], kwargs["mi_lambda"]) == (0.5, 0.3)
+
+
+def test_completions_fields_are_validated_then_dropped():
+    assert prepare_body({"prompt": "x", "keep_ratio": 0.5}, endpoint=COMPLETIONS_PATH, pruning_enabled=True) == {"prompt": "x"}
+    with pytest.raises(PruningParameterError):
+        prepare_body({"prompt": "x", "keep_ratio": 5}, endpoint=COMPLETIONS_PATH, pruning_enabled=True)
+
+
+def test_unprunable_model_refuses_fields_but_serves_plain_requests():
+    assert prepare_body({"model": "m"}, endpoint=CHAT_PATH, pruning_enabled=False) == {"model": "m"}
+    with pytest.raises(PruningParameterError) as err:
+        prepare_body({"keep_ratio": 0.5}, endpoint=CHAT_PATH, pruning_enabled=False)
+    assert err.value.field == "keep_ratio" and "no pruning support" in err.value.message
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"keep_ratio": True}, "keep_ratio"),
+    ({"keep_tokens": 3.0}, "keep_tokens"),
+    ({"pruning_method": ["mi"]}, "pruning_method"),
+    ({"keep_ratio": float("nan")}, "keep_ratio"),
+    ({"trim_ratio": 0.5}, "trim_ratio"),
+    ({"mm_processor_kwargs": {"min_pixels": 1}}, "mm_processor_kwargs.min_pixels"),
+])
+def test_refusals_name_the_field(body, field):
+    with pytest.raises(PruningParameterError) as err:
+        prepare_body(body, endpoint=CHAT_PATH, pruning_enabled=True)
+    assert err.value.field == field
+
+
+def test_sse_rewriter_adds_usage_fields_across_split_chunks():
+    outcome = RequestOutcome([ItemOutcome("image", 16, 4, "mi")])
+    rewriter = _SSEUsageRewriter(lambda: {"visual_tokens": outcome.visual_tokens,
+                                          "visual_tokens_kept": outcome.visual_tokens_kept})
+    stream = (b'data: {"model":"m","choices":[{"delta":{"content":"a"}}],"usage":null}\n\n'
+              b'data: {"model":"m","choices":[],"usage":{"prompt_tokens":9,"total_tokens":10}}\n\n'
+              b"data: [DONE]\n\n")
+    out = b"".join(rewriter.feed(stream[i:i + 7]) for i in range(0, len(stream), 7)) + rewriter.flush()
+    events = [e for e in out.split(b"\n\n") if e]
+    assert events[0] == stream.split(b"\n\n")[0] and events[-1] == b"data: [DONE]"
+    usage = json.loads(events[1][len(b"data: "):])["usage"]
+    assert usage == {"prompt_tokens": 9, "total_tokens": 10, "visual_tokens": 16, "visual_tokens_kept": 4}
+    assert rewriter.model == "m"
+
+
+def test_openapi_patch_adds_fields_without_touching_others():
+    schema = {"components": {"schemas": {"ChatCompletionRequest": {"properties": {"model": {"type": "string"}}},
+                                         "Other": {"properties": {}}}}}
+    patched = openapi_with_pruning(schema)
+    props = patched["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert {"model", "keep_ratio", "keep_tokens", "mi_lambda", "mi_tau", "pruning_method"} <= set(props)
+    assert patched["components"]["schemas"]["Other"] == {"properties": {}}
+    assert "keep_ratio" not in schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+
+
+def _flags(**given):
+    from mipruner_vllm.server.launcher import PRUNING_FLAGS, add_pruning_args
+
+    parser = argparse.ArgumentParser()
+    add_pruning_args(parser)
+    argv = [item for flag, value in given.items() for item in (flag, str(value))]
+    assert set(given) <= set(PRUNING_FLAGS)
+    return parser.parse_args(argv)
+
+
+def test_launcher_exports_pruning_defaults_for_engine_processes(monkeypatch):
+    import os
+
+    from mipruner_vllm.config import get_settings
+    from mipruner_vllm.server.launcher import export_pruning_defaults
+
+    export_pruning_defaults(_flags(**{"--keep-ratio": 0.4, "--pruning-method": "similarity", "--mi-lambda": 0.7}))
+    assert (os.environ["MIPRUNER_KEEP_RATIO"], os.environ["MIPRUNER_METHOD"]) == ("0.4", "similarity")
+    assert (get_settings().keep_ratio, get_settings().mi_lambda) == (0.4, 0.7)
+    for name in ("MIPRUNER_KEEP_RATIO", "MIPRUNER_METHOD", "MIPRUNER_MI_LAMBDA"):
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("given,flag", [({"--keep-ratio": 1.5}, "--keep-ratio"), ({"--mi-tau": 0}, "--mi-tau"),
+                                        ({"--pruning-method": "magic"}, "--pruning-method"),
+                                        ({"--keep-ratio": 0.5, "--keep-tokens": 3}, "--keep-tokens")])
+def test_launcher_refuses_bad_defaults_naming_the_flag(given, flag):
+    from mipruner_vllm.server.launcher import export_pruning_defaults
+
+    with pytest.raises(ValueError, match=flag):
+        export_pruning_defaults(_flags(**given))
+
+
+def test_other_routes_apply_the_allow_list_and_refuse_top_level_fields():
+    # --trust-request-mm-kwargs is server-wide: /tokenize, pooling, responses... are guarded too.
+    body = {"messages": [], "mm_processor_kwargs": {"keep_ratio": 0.5}}
+    kwargs = prepare_body(body, endpoint="/tokenize", pruning_enabled=True)["mm_processor_kwargs"]
+    assert kwargs["keep_ratio"] == 0.5 and list(kwargs) == sorted(kwargs)
+    assert prepare_body({"input": "x"}, endpoint="/v1/embeddings", pruning_enabled=True) == {"input": "x"}
+    with pytest.raises(PruningParameterError) as err:
+        prepare_body({"mm_processor_kwargs": {"max_pixels": 1}}, endpoint="/tokenize", pruning_enabled=True)
+    assert err.value.field == "mm_processor_kwargs.max_pixels"
+    with pytest.raises(PruningParameterError) as err:
+        prepare_body({"keep_ratio": 0.5}, endpoint="/v1/responses", pruning_enabled=True)
+    assert err.value.field == "keep_ratio" and "mm_processor_kwargs" in err.value.message
+
+
+def test_method_none_with_a_default_budget_round_trips(monkeypatch):
+    from mipruner_vllm.config import get_settings
+    from mipruner_vllm.params import params_from_request
+
+    monkeypatch.setenv("MIPRUNER_KEEP_RATIO", "0.5")
+    get_settings.cache_clear()
+    kwargs = prepare_body({"pruning_method": "none"}, endpoint=CHAT_PATH, pruning_enabled=True)["mm_processor_kwargs"]
+    assert "keep_ratio" not in kwargs
+    assert params_from_request(kwargs).n_keep(16) == 16  # what the processor will do with it
