@@ -1,0 +1,5 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Pruning-aware subclasses of vLLM's multimodal models, one module per family.
+
+Each module is imported lazily by vLLM when an engine selects its ``MIPruner<Arch>`` name.
+"""

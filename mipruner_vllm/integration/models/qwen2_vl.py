@@ -1,0 +1,142 @@
+# SPDX-License-Identifier: Apache-2.0
+"""MI-Pruner for Qwen2-VL, and the Qwen-family glue Qwen2.5-VL reuses.
+
+Items: each image, and each whole video (all its frames form one item with one budget; the
+selection may keep any (t, h, w) tokens of it). Stock vLLM encodes both exactly as before; the
+mixins add the selection (:mod:`.common`), placeholder sizing (:mod:`..processing`) and the
+M-RoPE position handling (:mod:`..mrope`): ``get_mrope_input_positions`` and
+``recompute_mrope_positions`` are replaced, and the model declares
+``SupportsMultiModalPruning`` so the runner calls the latter (Qwen2-VL upstream does not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vllm.model_executor.models.interfaces import SupportsMultiModalPruning
+from vllm.model_executor.models.qwen2_vl import (
+    Qwen2VLDummyInputsBuilder,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLMultiModalProcessor,
+    Qwen2VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+from mipruner_vllm.integration.models.common import (
+    EncodedItem,
+    MIPrunerModelMixin,
+    mrope_positions_armed,
+)
+from mipruner_vllm.integration.mrope import (
+    grid_positions,
+    pruned_mrope_input_positions,
+    recompute_media_positions,
+)
+from mipruner_vllm.integration.processing import MIPrunerInfoMixin, MIPrunerProcessorMixin
+
+
+class QwenProcessorMixin(MIPrunerProcessorMixin):
+    """Qwen placeholders: ``<|image_pad|>`` / ``<|video_pad|>``; N_V from the item's grid."""
+
+    mipruner_modalities = ("image", "video")
+
+    def _mipruner_media_tokens(self) -> dict[int, str]:
+        hf_processor = self.info.get_hf_processor()  # type: ignore[attr-defined]
+        vocab = self.info.get_tokenizer().get_vocab()  # type: ignore[attr-defined]
+        return {vocab[hf_processor.image_token]: "image", vocab[hf_processor.video_token]: "video"}
+
+    def _mipruner_placeholder_id(self, modality: str) -> int:
+        return next(tid for tid, m in self._mipruner_media_tokens().items() if m == modality)
+
+    def _mipruner_item_budget(
+        self, modality: str, item_idx: int, mm_items: Any, item: Any, n_stock: int
+    ) -> tuple[int, int]:
+        # From the grid, not from the stock count: with --video-pruning-rate (the GPU arming flag)
+        # stock Qwen2.5-VL would already have shrunk a video's count for EVS.
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size  # type: ignore[attr-defined]
+        grid = item[f"{modality}_grid_thw"].data
+        return int(grid.prod()) // (merge * merge), 0
+
+
+class QwenModelMixin(MIPrunerModelMixin):
+    """Selection, position columns and the pruned M-RoPE bookkeeping for Qwen2/2.5-VL."""
+
+    mipruner_modalities = ("image", "video")
+
+    def __init__(self, *, vllm_config: Any, prefix: str | None = None) -> None:
+        # vLLM requires these two named parameters; an unset prefix keeps the stock default.
+        kwargs = {"vllm_config": vllm_config} if prefix is None else {"vllm_config": vllm_config, "prefix": prefix}
+        super().__init__(**kwargs)  # type: ignore[call-arg]
+        self.mipruner_positions_armed = mrope_positions_armed(vllm_config, type(self).__name__)
+        # Stock Qwen2.5-VL runs EVS on videos when video_pruning_rate > 0 (our GPU arming flag);
+        # MI-Pruner replaces it, so a video is never pruned twice.
+        self.is_multimodal_pruning_enabled = False
+
+    def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
+        inputs = self._parse_and_validate_multimodal_inputs(**kwargs)  # type: ignore[attr-defined]
+        vision = self.config.vision_config  # type: ignore[attr-defined]
+        merge = vision.spatial_merge_size
+        tokens_per_second = getattr(vision, "tokens_per_second", 1.0)
+        items: list[EncodedItem] = []
+        for key, value in inputs.items():
+            if value is None:
+                continue
+            if key.startswith("image"):
+                modality = "image"
+                embeds = self._process_image_input(value)  # type: ignore[attr-defined]
+                grids = value["image_grid_thw"].tolist()
+                factors = [1.0] * len(grids)
+            else:
+                modality = "video"
+                embeds = self._process_video_input(value)  # type: ignore[attr-defined]
+                grids = value["video_grid_thw"].tolist()
+                seconds = value.get("second_per_grid_ts")
+                # Same t_factor as the model's iter_mm_grid_thw (second_per_grid_ts x tokens/s).
+                factors = (
+                    [float(s) * tokens_per_second for s in seconds.reshape(-1).tolist()]
+                    if seconds is not None
+                    else [1.0 * tokens_per_second] * len(grids)
+                )
+            for emb, (t, h, w), factor in zip(embeds, grids, factors, strict=True):
+                positions = grid_positions(t, h // merge, w // merge, factor)
+                items.append(EncodedItem(modality, emb, emb.shape[1], positions))
+        return items
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> Any:
+        lengths = [f.mm_position.length for f in sorted(mm_features, key=lambda f: f.mm_position.offset)]
+        return pruned_mrope_input_positions(self.iter_mm_grid_thw(mm_features), lengths, len(input_tokens))  # type: ignore[attr-defined]
+
+    def recompute_mrope_positions(
+        self, input_ids: Any, multimodal_embeddings: Any, mrope_positions: Any, num_computed_tokens: int
+    ) -> Any:
+        return recompute_media_positions(
+            input_ids,
+            multimodal_embeddings,
+            mrope_positions,
+            num_computed_tokens,
+            (self.config.image_token_id, self.config.video_token_id),  # type: ignore[attr-defined]
+        )
+
+    def get_encoder_cudagraph_config(self) -> Any:
+        # Encoder CUDA graphs bypass embed_multimodal, and so the selection (pitfall 11).
+        return dataclasses.replace(super().get_encoder_cudagraph_config(), modalities=[])  # type: ignore[misc]
+
+
+class MIPrunerQwen2VLProcessingInfo(MIPrunerInfoMixin, Qwen2VLProcessingInfo):
+    pass
+
+
+class MIPrunerQwen2VLMultiModalProcessor(QwenProcessorMixin, Qwen2VLMultiModalProcessor):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    MIPrunerQwen2VLMultiModalProcessor,
+    info=MIPrunerQwen2VLProcessingInfo,
+    dummy_inputs=Qwen2VLDummyInputsBuilder,
+)
+class MIPrunerQwen2VLForConditionalGeneration(
+    QwenModelMixin, Qwen2VLForConditionalGeneration, SupportsMultiModalPruning
+):
+    pass

@@ -1,0 +1,232 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Processor side of the plugin (API-server process): parameters in, placeholders sized, hash.
+
+vLLM fixes the number of placeholder tokens of every media item here, before the encoder runs,
+and the model must later return exactly that many rows per item (integration memo, 1). The
+mixins below wrap a stock vLLM processor so that, per request:
+
+1. The pruning fields of ``mm_processor_kwargs`` (``keep_ratio``, ``keep_tokens``, ``mi_lambda``,
+   ``mi_tau``, ``pruning_method`` and the ablation switches; see
+   :data:`mipruner_vllm.params.REQUEST_FIELDS`) are popped and validated by
+   :func:`~mipruner_vllm.params.params_from_request`, defaults from the settings object. A bad
+   value raises :class:`~mipruner_vllm.errors.PruningParameterError` (a ``ValueError``), which vLLM
+   reports as a rejected request (HTTP 400 online); the engine is not affected. The fields never
+   reach Hugging Face (:class:`MIPrunerInfoMixin` strips them from every processor lookup).
+2. When the request prunes, one key, :data:`~mipruner_vllm.integration.fields.PRUNING_KWARG`, is
+   put back into the kwargs: the normalised parameters (:func:`~mipruner_vllm.params.request_fields`),
+   the query token ids of every item (:mod:`~mipruner_vllm.integration.query`) and the selection
+   version. vLLM hashes the kwargs into each item's ``mm_hash``, which keys the processor cache,
+   the encoder cache and the prefix-cache blocks of the item (memo, 3), so no cache can serve one
+   prompt's selection to another. A request that does not prune adds nothing, so its hashes are
+   exactly stock vLLM's and unpruned requests share caches as before.
+3. Each item gets the per-item fields of :mod:`~mipruner_vllm.integration.fields`, and its
+   placeholder run is ``n_keep(N_V) + n_fixed`` tokens long, ``n_keep`` being THE budget rule
+   (:meth:`~mipruner_vllm.params.PruningParams.n_keep`, DESIGN.md 2.4) and ``n_fixed`` the tokens a
+   family always keeps (LLaVA-NeXT row newlines; 0 elsewhere).
+4. :func:`mipruner_vllm.outcome.record_item` is called once per item and request.
+
+Memory profiling (``get_dummy_mm_inputs``) always runs unpruned, so the encoder is profiled at
+its true peak whatever the default keep ratio is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.processing.processor import PromptReplacement, PromptUpdateDetails
+
+from mipruner_vllm.errors import PruningParameterError
+from mipruner_vllm.integration.fields import (
+    KEEP_ALL,
+    PRUNING_KWARG,
+    SELECTION_VERSION,
+    decode_params,
+    encode_params,
+    params_field,
+    strip_pruning_kwargs,
+    text_field,
+)
+from mipruner_vllm.integration.query import query_token_ids
+from mipruner_vllm.outcome import record_item
+from mipruner_vllm.params import REQUEST_FIELDS, params_from_request, request_fields
+
+_profiling: contextvars.ContextVar[bool] = contextvars.ContextVar("mipruner_profiling", default=False)
+
+
+@dataclasses.dataclass
+class PrunedPlaceholder(PromptUpdateDetails):
+    """Placeholder tokens of one item, with the numbers behind them.
+
+    vLLM caches resolved prompt updates next to processed items, so these numbers come back on a
+    processor-cache hit too, when the item itself is not re-processed.
+    """
+
+    n_visual: int = 0
+    n_kept: int = 0
+    method: str = "none"
+
+
+class MIPrunerInfoMixin:
+    """Processing-info mixin: pruning keys never reach a Hugging Face processor (pitfall 4).
+
+    vLLM passes the request's ``mm_processor_kwargs`` to ``get_hf_processor``, whose loader is an
+    ``lru_cache`` keyed by them: an unknown key would load a new processor from disk for every
+    distinct keep ratio, or be forwarded to the HF ``__call__``.
+    """
+
+    def get_hf_processor(self, **kwargs: object) -> Any:
+        return super().get_hf_processor(**strip_pruning_kwargs(kwargs))  # type: ignore[misc]
+
+
+class MIPrunerProcessorMixin:
+    """Multimodal-processor mixin; a family subclass provides the three hooks at the end."""
+
+    #: Modalities whose items are pruned (and carry the pruning fields).
+    mipruner_modalities: tuple[str, ...] = ("image",)
+
+    # -- entry: parameters, query text, hash ---------------------------------------------------
+
+    def get_dummy_mm_inputs(self, *args: Any, **kwargs: Any) -> Any:
+        token = _profiling.set(True)
+        try:
+            return super().get_dummy_mm_inputs(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _profiling.reset(token)
+
+    def apply(self, inputs: Any, timing_ctx: Any) -> Any:
+        kwargs = dict(inputs.hf_processor_mm_kwargs)
+        if PRUNING_KWARG in kwargs:
+            raise PruningParameterError(PRUNING_KWARG, "is reserved for the mipruner plugin")
+        request = {key: kwargs.pop(key) for key in list(kwargs) if key in REQUEST_FIELDS}
+        params = KEEP_ALL if _profiling.get() else params_from_request(request)
+        if params.prunes:
+            counts = inputs.mm_data_items.get_all_counts()
+            texts = query_token_ids(
+                self.info.get_tokenizer(), inputs.prompt, self._mipruner_media_tokens()  # type: ignore[attr-defined]
+            )
+            kwargs[PRUNING_KWARG] = {
+                "params": request_fields(params),
+                "text": {
+                    m: (texts.get(m, []) + [[]] * counts.get(m, 0))[: counts.get(m, 0)]
+                    for m in self.mipruner_modalities
+                    if counts.get(m, 0)
+                },
+                "version": SELECTION_VERSION,
+            }
+        inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs)
+        return super().apply(inputs, timing_ctx)  # type: ignore[misc]
+
+    def _get_cache_missing_processor_kwargs(self, inputs: Any, mm_is_cached: Mapping[str, Sequence[bool]]) -> Any:
+        # Only the items missing from the processor cache are re-processed: keep their texts.
+        # The spec is read from the request and re-attached at the top level, because some
+        # processors (Qwen3-VL) rebuild the kwargs here and may move flat keys into scopes.
+        spec = inputs.hf_processor_mm_kwargs.get(PRUNING_KWARG)
+        kwargs = dict(super()._get_cache_missing_processor_kwargs(inputs, mm_is_cached))  # type: ignore[misc]
+        for scope in ("images_kwargs", "videos_kwargs"):
+            if isinstance(kwargs.get(scope), Mapping) and PRUNING_KWARG in kwargs[scope]:
+                kwargs[scope] = {k: v for k, v in kwargs[scope].items() if k != PRUNING_KWARG}
+        if spec is None:
+            kwargs.pop(PRUNING_KWARG, None)
+            return kwargs
+        text = {
+            m: [ids for ids, cached in zip(items, mm_is_cached.get(m, [False] * len(items)), strict=True) if not cached]
+            for m, items in spec["text"].items()
+        }
+        kwargs[PRUNING_KWARG] = {**spec, "text": text}
+        return kwargs
+
+    # -- per-item fields ---------------------------------------------------------------------------
+
+    def _apply_hf_processor_main(self, mm_items: Any, hf_kwargs: Mapping[str, object]) -> Any:
+        spec = hf_kwargs.get(PRUNING_KWARG)
+        processed = super()._apply_hf_processor_main(mm_items, strip_pruning_kwargs(hf_kwargs))  # type: ignore[misc]
+        counts = mm_items.get_all_counts()
+        if spec is not None:
+            params = params_from_request(spec["params"])  # type: ignore[index]
+        for modality in self.mipruner_modalities:
+            n = counts.get(modality, 0)
+            if not n:
+                continue
+            if spec is None:
+                vectors = [encode_params(KEEP_ALL)] * n
+                texts = [torch.zeros(0, dtype=torch.int64)] * n
+            else:
+                vectors = [encode_params(params)] * n
+                texts = [torch.tensor(ids, dtype=torch.int64) for ids in spec["text"][modality]]  # type: ignore[index]
+            processed[params_field(modality)] = torch.stack(vectors)
+            processed[text_field(modality)] = texts
+        return processed
+
+    def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]) -> Mapping[str, MultiModalFieldConfig]:
+        config = dict(
+            super()._get_mm_fields_config(hf_inputs, strip_pruning_kwargs(hf_processor_mm_kwargs))  # type: ignore[misc]
+        )
+        for modality in self.mipruner_modalities:
+            config[params_field(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+            config[text_field(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        return config
+
+    # -- placeholders --------------------------------------------------------------------------------
+
+    def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any) -> Any:
+        updates = super()._get_prompt_updates(mm_items, strip_pruning_kwargs(hf_processor_mm_kwargs), out_mm_kwargs)  # type: ignore[misc]
+        out = []
+        for update in updates:
+            if update.modality in self.mipruner_modalities and isinstance(update, PromptReplacement):
+                update = dataclasses.replace(
+                    update,
+                    replacement=partial(self._pruned_replacement, update.modality, update.replacement, mm_items, out_mm_kwargs),
+                )
+            out.append(update)
+        return out
+
+    def _pruned_replacement(self, modality: str, stock: Any, mm_items: Any, out_mm_kwargs: Any, item_idx: int) -> PrunedPlaceholder:
+        full = stock(item_idx) if callable(stock) else stock
+        full_ids = full.full if isinstance(full, PromptUpdateDetails) else list(full)
+        item = out_mm_kwargs[modality][item_idx]
+        params = decode_params(item[params_field(modality)].data)
+        n_visual, n_fixed = self._mipruner_item_budget(modality, item_idx, mm_items, item, len(full_ids))
+        n_kept = params.n_keep(n_visual)
+        return PrunedPlaceholder(
+            full=[self._mipruner_placeholder_id(modality)] * (n_kept + n_fixed),
+            n_visual=n_visual,
+            n_kept=n_kept,
+            method=params.method if params.prunes else "none",
+        )
+
+    def _maybe_apply_prompt_updates(self, mm_items: Any, mm_res: Any) -> Any:
+        result = super()._maybe_apply_prompt_updates(mm_items, mm_res)  # type: ignore[misc]
+        if not _profiling.get():
+            for modality, per_item in mm_res.prompt_updates.items():
+                for updates in per_item:
+                    for update in updates:
+                        content = update.content
+                        if isinstance(content, PrunedPlaceholder):
+                            record_item(modality, content.n_visual, content.n_kept, content.method)
+        return result
+
+    # -- family hooks ----------------------------------------------------------------------------------
+
+    def _mipruner_media_tokens(self) -> dict[int, str]:
+        """Unexpanded placeholder token id -> modality, as they appear in the templated prompt."""
+        raise NotImplementedError
+
+    def _mipruner_placeholder_id(self, modality: str) -> int:
+        """The token id that fills an item's placeholder run."""
+        raise NotImplementedError
+
+    def _mipruner_item_budget(
+        self, modality: str, item_idx: int, mm_items: Any, item: Any, n_stock: int
+    ) -> tuple[int, int]:
+        """``(N_V, n_fixed)`` of an item: prunable visual tokens and always-kept tokens.
+
+        ``n_stock`` is the stock placeholder count; the default reads it as all prunable.
+        """
+        return n_stock, 0
+

@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The plugin's multimodal processors without an engine: hashes, placeholders, query text.
+
+vLLM keys its processor cache, encoder cache and prefix-cache blocks by each item's ``mm_hash``.
+These tests pin the hash contract of issue 4: every input of the selection (query tokens,
+method, parameters) changes the hash of a pruned item; equal settings written differently hash
+equal; an unpruned request hashes exactly as stock vLLM. They run the real processors on the
+tiny demo checkpoints in-process (a few seconds each).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mipruner_vllm.errors import PruningParameterError
+
+pytestmark = [pytest.mark.vllm]
+
+pytest.importorskip("vllm")
+
+ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next"]
+
+
+def _processor(checkpoint: str, plugin: bool) -> Any:
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    from mipruner_vllm.integration.launch import engine_overrides
+    from mipruner_vllm.plugin import register
+
+    register()
+    overrides = engine_overrides(checkpoint)["hf_overrides"] if plugin else {}
+    config = ModelConfig(model=checkpoint, hf_overrides=overrides, max_model_len=1024)
+    return MULTIMODAL_REGISTRY.create_processor(config)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def procs(request: pytest.FixtureRequest, demo_model_dir: Any) -> tuple[Any, Any]:
+    checkpoint = str(demo_model_dir(request.param))
+    return _processor(checkpoint, plugin=True), _processor(checkpoint, plugin=False)
+
+
+def _image(seed: int = 0) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (56, 112, 3), dtype=np.uint8))
+
+
+def run(proc: Any, question: str, **kwargs: Any) -> tuple[str, int]:
+    tokenizer = proc.info.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    out = proc(prompt, proc.info.parse_mm_data({"image": _image()}), hf_processor_mm_kwargs=kwargs)
+    return out["mm_hashes"]["image"][0], len(out["prompt_token_ids"])
+
+
+def test_unpruned_requests_hash_like_stock(procs: tuple[Any, Any]) -> None:
+    plugin, stock = procs
+    assert run(plugin, "What is this?") == run(stock, "What is this?")
+    assert run(plugin, "What is this?", keep_ratio=1.0) == run(stock, "What is this?")
+    assert run(plugin, "What is this?", pruning_method="none") == run(stock, "What is this?")
+    # Stock vLLM does not hash the question: unpruned items share caches across questions.
+    assert run(plugin, "What is this?")[0] == run(plugin, "Describe it.")[0]
+
+
+def test_every_selection_input_is_hashed(procs: tuple[Any, Any]) -> None:
+    plugin, _ = procs
+    base = run(plugin, "What is this?", keep_ratio=0.25)[0]
+    assert run(plugin, "Describe it.", keep_ratio=0.25)[0] != base  # query tokens
+    assert run(plugin, "What is this?", keep_ratio=0.5)[0] != base
+    assert run(plugin, "What is this?", keep_ratio=0.25, mi_lambda=0.5)[0] != base
+    assert run(plugin, "What is this?", keep_ratio=0.25, mi_tau=0.2)[0] != base
+    assert run(plugin, "What is this?", keep_ratio=0.25, pruning_method="divprune")[0] != base
+    assert run(plugin, "What is this?", keep_tokens=4)[0] != base
+    # Normalised: order, int vs float and explicit defaults do not change the hash.
+    assert run(plugin, "What is this?", mi_lambda=1, keep_ratio=0.25)[0] == base
+    assert run(plugin, "What is this?", keep_ratio=0.25, mi_tau=0.1, pruning_method="mi")[0] == base
+    assert run(plugin, "What is this?", keep_ratio=0.25)[0] == base
+
+
+def test_placeholders_and_outcome(procs: tuple[Any, Any]) -> None:
+    from mipruner_vllm.outcome import collect
+
+    plugin, _ = procs
+    with collect() as full:
+        _, n_full = run(plugin, "What is this?")
+    with collect() as pruned:
+        _, n_pruned = run(plugin, "What is this?", keep_tokens=2)
+    (item,) = pruned.items
+    assert item.n_kept == 2 and item.method == "mi"
+    assert n_full - n_pruned == item.n_visual - 2
+    assert full.items[0].n_kept == full.items[0].n_visual and full.items[0].method == "none"
+
+
+def test_bad_parameters_are_rejected(procs: tuple[Any, Any]) -> None:
+    plugin, _ = procs
+    with pytest.raises(PruningParameterError, match="keep_ratio"):
+        run(plugin, "What is this?", keep_ratio=0.0)
+    with pytest.raises(PruningParameterError, match="mi_lambda"):
+        run(plugin, "What is this?", mi_lambda=True)
+    with pytest.raises(PruningParameterError, match="mipruner"):
+        run(plugin, "What is this?", mipruner={"params": {}})
+
+
+def test_pruning_keys_never_reach_hugging_face(procs: tuple[Any, Any]) -> None:
+    plugin, _ = procs
+    # The HF processor loader is an lru_cache keyed by the kwargs: stripping keeps one instance.
+    assert plugin.info.get_hf_processor(keep_ratio=0.5, mi_tau=0.3) is plugin.info.get_hf_processor()
+
+
+def test_query_text_is_the_question_only(procs: tuple[Any, Any]) -> None:
+    from mipruner_vllm.integration.query import query_token_ids
+
+    plugin, _ = procs
+    tokenizer = plugin.info.get_tokenizer()
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the red ball?"}]},
+    ]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    texts = query_token_ids(tokenizer, ids, plugin._mipruner_media_tokens())
+    assert tokenizer.decode(texts["image"][0]) == "Where is the red ball?"
+    # An image without text gives an empty query (N_T = 0; uniform-stride rule downstream).
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}]}], tokenize=False, add_generation_prompt=True
+    )
+    assert query_token_ids(tokenizer, tokenizer.encode(prompt, add_special_tokens=False), plugin._mipruner_media_tokens()) == {
+        "image": [[]]
+    }
