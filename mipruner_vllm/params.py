@@ -169,6 +169,26 @@ REQUEST_FIELDS: dict[str, str] = {
     "pruning_seed": "seed",
 }
 _REQUEST_NAME = {arg: field for field, arg in REQUEST_FIELDS.items()}
+#: A key with one of these prefixes is meant as a pruning field; one not in REQUEST_FIELDS is a
+#: typo (``keep_ration``) and is refused rather than forwarded to the Hugging Face processor.
+PRUNING_PREFIXES: tuple[str, ...] = ("keep_", "mi_", "pruning_", "trim_")
+
+
+def split_pruning_fields(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``values`` into (pruning request fields, everything else).
+
+    Raises :class:`PruningParameterError` for a key that looks like a pruning field (see
+    :data:`PRUNING_PREFIXES`) but is not one, so a misspelt budget is never silently ignored.
+    """
+    pruning, rest = {}, {}
+    for key, value in values.items():
+        if key in REQUEST_FIELDS:
+            pruning[key] = value
+        elif key.startswith(PRUNING_PREFIXES):
+            raise PruningParameterError(key, "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS))
+        else:
+            rest[key] = value
+    return pruning, rest
 
 
 def params_from_request(values: Mapping[str, Any], settings: MiprunerSettings | None = None) -> PruningParams:

@@ -34,11 +34,15 @@ from mipruner_vllm import metrics
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.errors import PruningParameterError
 from mipruner_vllm.outcome import RequestOutcome, collect
-from mipruner_vllm.params import REQUEST_FIELDS, params_from_request, request_fields
+from mipruner_vllm.params import (
+    PRUNING_PREFIXES,
+    REQUEST_FIELDS,
+    params_from_request,
+    request_fields,
+)
 from mipruner_vllm.server import hooks
 from mipruner_vllm.server.protocol import (
     FIELD_TYPES,
-    PRUNING_PREFIXES,
     allowed,
     bad_request,
     openapi_with_pruning,

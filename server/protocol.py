@@ -31,9 +31,6 @@ FIELD_TYPES: dict[str, str] = {
 }
 assert set(FIELD_TYPES) == set(REQUEST_FIELDS), "FIELD_TYPES must cover params.REQUEST_FIELDS"
 
-#: Top-level keys with these prefixes are pruning fields; one that is not in REQUEST_FIELDS is a
-#: typo (``keep_ration``) and is refused rather than silently ignored by vLLM's extra="allow".
-PRUNING_PREFIXES: tuple[str, ...] = ("keep_", "mi_", "pruning_", "trim_")
 
 
 class PruningRequestFields(BaseModel):

@@ -54,7 +54,11 @@ from mipruner_vllm.integration.fields import (
 )
 from mipruner_vllm.integration.query import query_token_ids
 from mipruner_vllm.outcome import record_item
-from mipruner_vllm.params import REQUEST_FIELDS, params_from_request, request_fields
+from mipruner_vllm.params import (
+    params_from_request,
+    request_fields,
+    split_pruning_fields,
+)
 
 _profiling: contextvars.ContextVar[bool] = contextvars.ContextVar("mipruner_profiling", default=False)
 
@@ -103,7 +107,8 @@ class MIPrunerProcessorMixin:
         kwargs = dict(inputs.hf_processor_mm_kwargs)
         if PRUNING_KWARG in kwargs:
             raise PruningParameterError(PRUNING_KWARG, "is reserved for the mipruner plugin")
-        request = {key: kwargs.pop(key) for key in list(kwargs) if key in REQUEST_FIELDS}
+        # A misspelt pruning key (keep_ration) is an error here too, not a kwarg for Hugging Face.
+        request, kwargs = split_pruning_fields(kwargs)
         params = KEEP_ALL if _profiling.get() else params_from_request(request)
         if params.prunes:
             counts = inputs.mm_data_items.get_all_counts()

@@ -120,3 +120,13 @@ def test_none_method_with_a_default_budget_round_trips(monkeypatch):
     params = params_from_request({"pruning_method": "none"})
     assert (params.keep_ratio, params.keep_tokens, params.n_keep(10)) == (1.0, None, 10)
     assert params_from_request(request_fields(params)) == params
+
+
+def test_split_pruning_fields_refuses_misspelt_keys():
+    from mipruner_vllm.params import split_pruning_fields
+
+    pruning, rest = split_pruning_fields({"keep_ratio": 0.5, "max_pixels": 100, "min_pixels": 4})
+    assert pruning == {"keep_ratio": 0.5} and rest == {"max_pixels": 100, "min_pixels": 4}
+    for typo in ("keep_ration", "mi_gamma", "pruning_mode", "trim_ratio"):
+        with pytest.raises(PruningParameterError, match=f"^{typo}: unknown pruning field"):
+            split_pruning_fields({typo: 1})

@@ -320,6 +320,7 @@ def test_video(h: Harness, stock_outputs: dict[str, Any]) -> None:
         ({"mi_tau": -1.0}, "mi_tau"),
         ({"pruning_method": "magic"}, "pruning_method"),
         ({"mipruner": {"params": {}}}, "mipruner"),
+        ({"keep_ration": 0.5}, "keep_ration"),  # a typo is refused, never handed to Hugging Face
     ],
 )
 def test_bad_parameter_is_rejected_and_engine_keeps_serving(h: Harness, kwargs: dict[str, Any], field: str) -> None:
