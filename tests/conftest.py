@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Fixtures shared by every test directory: the tiny demo checkpoints.
+"""Fixtures shared by every test directory: clean settings and the tiny demo checkpoints.
 
 ``demo_model_dir(arch, size="tiny")`` returns the path of a demo checkpoint built by
 :func:`mipruner_vllm.demo_model.ensure_demo_model`. Checkpoints are built at most once per test
@@ -37,3 +37,16 @@ def demo_model_dir(demo_cache_dir: Path) -> Callable[..., Path]:
         return ensure_demo_model(arch, size, cache_dir=demo_cache_dir)
 
     return get
+
+
+@pytest.fixture
+def clean_settings(monkeypatch: pytest.MonkeyPatch):
+    """The test sees settings built from its own environment: no MIPRUNER_* leaks in or out."""
+    from mipruner_vllm.config import get_settings
+
+    for name in list(os.environ):
+        if name.startswith("MIPRUNER_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -18,19 +18,7 @@ from mipruner_vllm.server.middleware import (
 )
 from mipruner_vllm.server.protocol import openapi_with_pruning
 
-pytestmark = pytest.mark.server
-
-
-@pytest.fixture(autouse=True)
-def _clean_settings(monkeypatch):
-    from mipruner_vllm.config import get_settings
-
-    for name in list(__import__("os").environ):
-        if name.startswith("MIPRUNER_"):
-            monkeypatch.delenv(name)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("clean_settings")]
 
 
 def test_fields_move_into_normalised_mm_processor_kwargs():
@@ -166,5 +154,5 @@ def test_method_none_with_a_default_budget_round_trips(monkeypatch):
     monkeypatch.setenv("MIPRUNER_KEEP_RATIO", "0.5")
     get_settings.cache_clear()
     kwargs = prepare_body({"pruning_method": "none"}, endpoint=CHAT_PATH, pruning_enabled=True)["mm_processor_kwargs"]
-    assert "keep_ratio" not in kwargs
+    assert kwargs["keep_ratio"] == 1.0  # none keeps everything, whatever the default budget
     assert params_from_request(kwargs).n_keep(16) == 16  # what the processor will do with it

@@ -12,13 +12,5 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)
-def _fresh_settings(monkeypatch):
-    """Each test sees the settings of its own environment, not a cached earlier one."""
-    from mipruner_vllm.config import get_settings
-
-    for name in list(__import__("os").environ):
-        if name.startswith("MIPRUNER_"):
-            monkeypatch.delenv(name)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def _fresh_settings(clean_settings):
+    """Each unit test sees the settings of its own environment, not a cached earlier one."""
