@@ -50,3 +50,22 @@ def clean_settings(monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+# Set per engine by tests/vllm, and a cache location: not settings a test can leak.
+_ENV_LEAK_EXEMPT = {"MIPRUNER_DEBUG_DIR", "MIPRUNER_CACHE_DIR", "MIPRUNER_TEST_DEMO_CACHE"}
+
+
+def _settings_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MIPRUNER_") and k not in _ENV_LEAK_EXEMPT}
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_leak():
+    """Fail the test that leaves MIPRUNER_* settings behind: later tests (and the vLLM engines
+    they spawn, which inherit the environment) would silently run with its defaults."""
+    before = _settings_env()
+    yield
+    after = _settings_env()
+    if after != before:
+        pytest.fail(f"test leaked MIPRUNER_* environment: before {before}, after {after}")

@@ -110,17 +110,23 @@ def _flags(**given):
     return parser.parse_args(argv)
 
 
-def test_launcher_exports_pruning_defaults_for_engine_processes(monkeypatch):
+def test_launcher_exports_pruning_defaults_for_engine_processes():
     import os
 
     from mipruner_vllm.config import get_settings
     from mipruner_vllm.server.launcher import export_pruning_defaults
 
-    export_pruning_defaults(_flags(**{"--keep-ratio": 0.4, "--pruning-method": "similarity", "--mi-lambda": 0.7}))
-    assert (os.environ["MIPRUNER_KEEP_RATIO"], os.environ["MIPRUNER_METHOD"]) == ("0.4", "similarity")
-    assert (get_settings().keep_ratio, get_settings().mi_lambda) == (0.4, 0.7)
-    for name in ("MIPRUNER_KEEP_RATIO", "MIPRUNER_METHOD", "MIPRUNER_MI_LAMBDA"):
-        monkeypatch.delenv(name)
+    exported = ("MIPRUNER_KEEP_RATIO", "MIPRUNER_METHOD", "MIPRUNER_MI_LAMBDA")
+    try:
+        export_pruning_defaults(_flags(**{"--keep-ratio": 0.4, "--pruning-method": "similarity", "--mi-lambda": 0.7}))
+        assert (os.environ["MIPRUNER_KEEP_RATIO"], os.environ["MIPRUNER_METHOD"]) == ("0.4", "similarity")
+        assert (get_settings().keep_ratio, get_settings().mi_lambda) == (0.4, 0.7)
+    finally:
+        # Plain removal, not monkeypatch.delenv: that would "restore" the exported values at
+        # teardown and leak them into every later test (and the vLLM engines they start).
+        for name in exported:
+            os.environ.pop(name, None)
+        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("given,flag", [({"--keep-ratio": 1.5}, "--keep-ratio"), ({"--mi-tau": 0}, "--mi-tau"),
