@@ -54,13 +54,5 @@ def _interpreter(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_settings(monkeypatch):
-    """Each test sees the settings of its own environment."""
-    from mipruner_vllm.config import get_settings
-
-    for name in list(os.environ):
-        if name.startswith("MIPRUNER_"):
-            monkeypatch.delenv(name)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def _fresh_settings(clean_settings):
+    """Each test sees the settings of its own environment (tests/conftest.py)."""
