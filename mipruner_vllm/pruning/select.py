@@ -19,7 +19,7 @@ from mipruner_vllm.pruning import reference
 
 
 def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | None = None) -> None:
-    """Reject unusable embeddings with a message that names the argument (and the item)."""
+    """Reject bad shapes, dtypes and devices, naming the argument (and the item); see check_finite."""
     where = "" if item is None else f"[{item}]"
     for name, x in (("visual", visual), ("text", text)):
         if not isinstance(x, torch.Tensor):
@@ -36,9 +36,23 @@ def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | No
         )
     if text.shape[0] > 0 and text.device != visual.device:
         raise PruningInputError(f"text{where} is on {text.device} but visual{where} is on {visual.device}")
-    for name, x in (("visual", visual), ("text", text)):
-        if x.numel() and not bool(torch.isfinite(x).all()):
-            raise PruningInputError(f"{name}{where} contains NaN or inf values")
+
+
+def check_finite(visuals: Sequence[torch.Tensor], texts: Sequence[torch.Tensor]) -> None:
+    """Reject NaN/inf in any item with one device-to-host sync for the whole batch.
+
+    The vLLM worker calls this once per encoder batch, so it must not sync once per item; only
+    on failure does it look for the item to name.
+    """
+    tensors = [x for pair in zip(visuals, texts, strict=True) for x in pair]
+    flags = [torch.isfinite(x).all() for x in tensors if x.numel()]
+    if not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+        return
+    for i, (v, t) in enumerate(zip(visuals, texts, strict=True)):
+        where = "" if len(visuals) == 1 else f"[{i}]"
+        for name, x in (("visual", v), ("text", t)):
+            if x.numel() and not bool(torch.isfinite(x).all()):
+                raise PruningInputError(f"{name}{where} contains NaN or inf values")
 
 
 def select_reference(visual: torch.Tensor, text: torch.Tensor, params: PruningParams) -> torch.Tensor:
@@ -126,5 +140,6 @@ def select_tokens_batch(
         raise PruningInputError(f"got {len(visuals)} items but {len(params)} parameter sets")
     for i, (v, t) in enumerate(zip(visuals, texts, strict=True)):
         check_embeddings(v, t, item=i if len(visuals) > 1 else None)
+    check_finite(visuals, texts)
     backend = backend if backend is not None else get_settings().backend
     return run_batch(list(visuals), list(texts), list(params), backend)

@@ -34,17 +34,15 @@ from typing import Any
 import torch
 
 from mipruner_vllm.config import get_settings
+from mipruner_vllm.errors import MiprunerError
 from mipruner_vllm.integration.fields import decode_params, params_field, text_field, unbatch
 from mipruner_vllm.integration.mrope import POSITION_COLUMNS, encode_positions
+from mipruner_vllm.metrics import observe_selection
 from mipruner_vllm.params import request_fields
 from mipruner_vllm.pruning.select import select_tokens_batch
 
 logger = logging.getLogger(__name__)
 
-try:
-    from mipruner_vllm.metrics import observe_selection
-except ImportError:  # pragma: no cover - metrics are optional in the worker
-    observe_selection = None  # type: ignore[assignment]
 
 
 @dataclasses.dataclass
@@ -58,7 +56,7 @@ class EncodedItem:
     fixed: torch.Tensor | None = None  # (rows,) bool: rows always kept and never scored
 
 
-class LaunchConfigurationError(RuntimeError):
+class LaunchConfigurationError(MiprunerError, RuntimeError):
     """The engine was launched without what a pruning-aware M-RoPE model needs."""
 
 
@@ -182,8 +180,7 @@ class MIPrunerModelMixin:
                 kept[k] = chosen
             elapsed = time.perf_counter() - started
             backend = "triton" if visuals[0].is_cuda and get_settings().backend != "torch" else "torch"
-            if observe_selection is not None:
-                observe_selection(elapsed, backend, len(todo))
+            observe_selection(elapsed, backend, len(todo))
             debug_dir = get_settings().debug_dir
             if debug_dir:
                 path = Path(debug_dir) / "selections.jsonl"
