@@ -73,6 +73,22 @@ class PruningParams(BaseModel):
             return n_visual
         return n_keep(n_visual, keep_ratio=self.keep_ratio, keep_tokens=self.keep_tokens)
 
+    def n_keep_per_frame(self, frames: int, tokens_per_frame: int) -> list[int]:
+        """The budget rule for a video whose frames each need their own placeholder count.
+
+        Qwen3-VL puts a timestamp before every frame of a video, so the number of kept tokens of
+        each frame is fixed in the prompt before the encoder runs. The video is still one item:
+        it gets ``n_keep(frames * tokens_per_frame)`` as a whole, spread over the frames as evenly
+        as possible, earlier frames taking the remainder. Every frame keeps at least one token
+        (its timestamp never introduces an empty frame), so a budget below ``frames`` becomes
+        ``frames``.
+        """
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise PruningParameterError("frames", f"must be an integer >= 1, got {frames!r}")
+        total = self.n_keep(frames * tokens_per_frame)
+        base, extra = divmod(total, frames)
+        return [max(1, base + (frame < extra)) for frame in range(frames)]
+
 
 def _reject_bool(field: str, value: Any) -> None:
     # pydantic (lax mode) reads True as 1 / 1.0; a JSON boolean is never a valid budget or weight.

@@ -54,6 +54,32 @@ def test_params_n_keep_and_prunes():
     assert not resolve_params(method="none").prunes
 
 
+@pytest.mark.parametrize(
+    ("budget", "frames", "per_frame", "expected"),
+    [
+        ({"keep_ratio": 0.25}, 2, 16, [4, 4]),  # n_keep(32) = 8
+        ({"keep_tokens": 5}, 2, 16, [3, 2]),  # the remainder goes to the earlier frames
+        ({"keep_ratio": 0.3}, 4, 10, [3, 3, 3, 3]),  # n_keep(40) = 12
+        ({"keep_ratio": 0.35}, 4, 10, [4, 4, 3, 3]),  # n_keep(40) = 14
+        ({"keep_tokens": 2}, 4, 10, [1, 1, 1, 1]),  # every frame keeps at least one token
+        ({"keep_tokens": 1000}, 3, 6, [6, 6, 6]),
+        ({"keep_ratio": 1.0}, 3, 6, [6, 6, 6]),
+        ({"keep_ratio": 0.5}, 1, 7, [4]),  # one frame: the plain budget rule
+    ],
+)
+def test_n_keep_per_frame_spreads_the_video_budget(budget, frames, per_frame, expected):
+    params = resolve_params(**budget)
+    shares = params.n_keep_per_frame(frames, per_frame)
+    assert shares == expected
+    assert sum(shares) == max(params.n_keep(frames * per_frame), frames)
+    assert max(shares) - min(shares) <= 1 and all(1 <= s <= per_frame for s in shares)
+
+
+def test_n_keep_per_frame_rejects_bad_frames():
+    with pytest.raises(PruningParameterError, match="frames"):
+        resolve_params(keep_ratio=0.5).n_keep_per_frame(0, 16)
+
+
 def test_settings_defaults():
     settings = get_settings()
     assert settings.keep_ratio == 1.0 and settings.keep_tokens is None

@@ -116,3 +116,75 @@ def test_recompute_is_independent_of_chunking_and_cache_hits() -> None:
     cached = grids[1][0] - 1
     _, state, _ = recompute_media_positions(ids, [embeds[1]], init.clone(), cached, (IMG, VID))
     assert torch.equal(state[:, cached:], positions[:, cached:])
+
+
+def _qwen3_video_prompt(pads: list[int], text: int = 5) -> tuple[list[int], SimpleNamespace]:
+    """``text, (<t seconds> START video*n END) per frame, text`` and the video's feature."""
+    ids = [1] * text
+    offset = len(ids)
+    for frame, n in enumerate(pads):
+        ids += [20 + frame, 30] + [START] + [VID] * n + [END]  # timestamp text, then the frame
+    length = len(ids) - offset
+    ids += [1] * text
+    grid = torch.tensor([len(pads), 8, 8])  # 8x8 patches, merge 2: 16 tokens per frame
+    feature = SimpleNamespace(
+        modality="video",
+        mm_position=SimpleNamespace(offset=offset, length=length),
+        data={"video_grid_thw": SimpleNamespace(data=grid)},
+    )
+    return ids, feature
+
+
+def test_qwen3_pruned_video_keeps_stock_positions_of_every_kept_token() -> None:
+    """A Qwen3-VL video pruned per frame: every remaining token sits where stock vLLM puts it.
+
+    Stock positions of the unpruned prompt, restricted to the timestamp/text tokens and the kept
+    video tokens, must equal the pruned prompt's positions (whatever the prefill chunking), and
+    decoding continues from the same position.
+    """
+    from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
+
+    from mipruner_vllm.integration.models.qwen3_vl import MIPrunerQwen3VLForConditionalGeneration
+
+    config = SimpleNamespace(
+        video_token_id=VID,
+        vision_start_token_id=START,
+        vision_end_token_id=END,
+        vision_config=SimpleNamespace(spatial_merge_size=2),
+    )
+    frames, per_frame = 3, 16
+    full_ids, full_feature = _qwen3_video_prompt([per_frame] * frames)
+    stock, _ = Qwen3VLForConditionalGeneration._get_mrope_input_positions(full_ids, [full_feature], config)
+
+    kept_per_frame = [[0, 5, 15], [3, 4], [9, 10]]  # frame-local indices (budgets 3, 2, 2)
+    ids, feature = _qwen3_video_prompt([len(k) for k in kept_per_frame])
+    fake_model = SimpleNamespace(config=config)
+    init, delta = MIPrunerQwen3VLForConditionalGeneration.get_mrope_input_positions(fake_model, ids, [feature])
+
+    # The model's rows: kept tokens in order, positions (0, h, w) relative to their frame's run.
+    frame_grid = grid_positions(1, 4, 4)
+    positions = torch.cat([frame_grid[k] for k in kept_per_frame])
+    rows = torch.cat([torch.randn(len(positions), 8), encode_positions(positions, torch.float32)], dim=1)
+    _, whole, whole_delta = recompute_media_positions(ids, [rows], init, 0, (IMG, VID))
+
+    # Which tokens of the unpruned prompt remain: all non-video tokens and the kept video tokens.
+    remain, seen = [], 0
+    for token in full_ids:
+        if token == VID:
+            frame, local = divmod(seen, per_frame)
+            remain.append(local in kept_per_frame[frame])
+            seen += 1
+        else:
+            remain.append(True)
+    assert torch.equal(whole, stock.long()[:, torch.tensor(remain)])
+    assert whole_delta == delta == int(stock.max()) + 1 - len(ids)
+
+    # Same result under every prefill chunking (the runner hands over the rows inside each window).
+    media = [i for i, token in enumerate(ids) if token == VID]
+    for chunk in (1, 4, 7, 32):
+        state = init.clone()
+        for start in range(0, len(ids), chunk):
+            inside = [r for r, i in enumerate(media) if start <= i < start + chunk]
+            window = [rows[inside[0] : inside[-1] + 1]] if inside else []
+            _, state, _ = recompute_media_positions(ids, window, state, start, (IMG, VID))
+        assert torch.equal(state, whole), chunk

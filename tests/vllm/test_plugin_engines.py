@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mipruner_vllm.params import n_keep
+from mipruner_vllm.params import PruningParams, n_keep
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -292,24 +292,39 @@ def test_two_images_in_one_request(h: Harness) -> None:
     assert out.outputs[0].token_ids
 
 
-def test_video(h: Harness, stock_outputs: dict[str, Any]) -> None:
+def test_video(h: Harness) -> None:
     if h.arch not in QWEN:
         pytest.skip("video is supported by the Qwen family only")
     tail = h.tail()
     vid = video(h.arch, frames=4, seed=51)
     base = len(h.run([h.request("What happens?", vid=vid)], max_tokens=1)[0].prompt_token_ids)
-    out = h.run([h.request("What happens?", vid=vid, keep_ratio=0.25)])[0]
+    outs = [h.run([h.request("What happens?", vid=vid, **kw)])[0] for kw in ({"keep_ratio": 0.25}, {"keep_tokens": 5})]
     records = tail.new()
-    if h.arch == "qwen3_vl":
-        # Qwen3-VL videos (per-frame timestamp text) are not pruned yet: kept whole, as stock.
-        assert not records and len(out.prompt_token_ids) == base
-        return
-    assert len(records) == 1 and records[0]["modality"] == "video"
+    assert len(records) == 2 and {r["modality"] for r in records} == {"video"}
     n_v = records[0]["n_visual"]
-    assert len(out.prompt_token_ids) == base - n_v + n_keep(n_v, keep_ratio=0.25)
-    assert len(records[0]["kept"]) == n_keep(n_v, keep_ratio=0.25)
-    # The whole video is one item: its kept tokens may come from any frame.
-    assert max(records[0]["kept"]) < n_v
+    for out, budget in zip(outs, ({"keep_ratio": 0.25}, {"keep_tokens": 5}), strict=True):
+        # The whole video is one item with one budget, whatever the prompt layout.
+        assert len(out.prompt_token_ids) == base - n_v + n_keep(n_v, **budget), budget
+        assert out.outputs[0].token_ids
+    for record in records:
+        kept = record["kept"]
+        assert kept == sorted(kept) and len(set(kept)) == len(kept) and max(kept) < n_v
+        budget = {k: record["params"][k] for k in ("keep_ratio", "keep_tokens") if record["params"].get(k) is not None}
+        assert len(kept) == n_keep(n_v, **budget)
+        if h.arch == "qwen3_vl":
+            # Each frame follows its own timestamp, so each frame keeps its share of the budget.
+            frames = record["frames"]
+            assert frames > 1
+            per_frame = n_v // frames
+            shares = PruningParams(**budget).n_keep_per_frame(frames, per_frame)
+            assert [sum(1 for i in kept if i // per_frame == f) for f in range(frames)] == shares
+        else:
+            # Qwen2/2.5-VL: the video is one run, so the kept tokens may come from any frame.
+            assert record["frames"] == 1
+    # The same pruned video again: served from the caches (no new selection), same output.
+    again = h.run([h.request("What happens?", vid=vid, keep_ratio=0.25)])[0]
+    assert not tail.new()
+    assert summary(again) == summary(outs[0])
 
 
 @pytest.mark.parametrize(

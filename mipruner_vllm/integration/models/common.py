@@ -9,7 +9,9 @@ the batch exactly as stock vLLM does (vision tower + projector) and describes ea
    (``get_language_model().embed_input_ids``; tensor-parallel safe), in one call;
 2. calls :func:`~mipruner_vllm.pruning.select.select_tokens_batch` once for all pruned items of
    the batch (Triton kernels on CUDA, torch reference on CPU), scoring on the first
-   ``score_dim`` columns (Qwen3-VL appends deepstack features after them);
+   ``score_dim`` columns (Qwen3-VL appends deepstack features after them); an item of several
+   frames with fixed per-frame placeholder counts (Qwen3-VL video) is selected frame by frame in
+   that same call, each frame with its share of the item budget;
 3. keeps the selected rows plus the item's always-kept rows, in original order, so each item
    returns exactly ``n_keep(N_V) + n_fixed`` rows, the count the processor gave it;
 4. for M-RoPE models whose runner is armed, appends the kept rows' (t, h, w) positions
@@ -54,6 +56,9 @@ class EncodedItem:
     score_dim: int  # columns used for scoring (the LLM hidden size)
     positions: torch.Tensor | None = None  # (rows, 3) grid positions (M-RoPE models)
     fixed: torch.Tensor | None = None  # (rows,) bool: rows always kept and never scored
+    #: The rows are this many equal frames, each with its own placeholder run and budget
+    #: (:meth:`~mipruner_vllm.params.PruningParams.n_keep_per_frame`; Qwen3-VL video).
+    frames: int = 1
 
 
 class LaunchConfigurationError(MiprunerError, RuntimeError):
@@ -170,7 +175,7 @@ class MIPrunerModelMixin:
                 visuals.append(item.embeds[rows, : item.score_dim])
             texts = self._mipruner_embed_texts([per_item[k][1] for k in todo], visuals)  # type: ignore[index]
             params = [per_item[k][0] for k in todo]  # type: ignore[index]
-            selections = select_tokens_batch(visuals, texts, params)
+            selections = self._mipruner_select_frames([items[k].frames for k in todo], visuals, texts, params)
             for k, rows, sel in zip(todo, selectable_rows, selections, strict=True):
                 item = items[k]
                 chosen = rows[sel.to(rows.device)]
@@ -195,6 +200,7 @@ class MIPrunerModelMixin:
                             "fixed": (
                                 items[k].fixed.nonzero(as_tuple=True)[0].tolist() if items[k].fixed is not None else []
                             ),
+                            "frames": items[k].frames,
                             "kept": kept[k].tolist(),
                             "text_ids": per_item[k][1].tolist(),  # type: ignore[index]
                             "params": request_fields(sel_params),
@@ -209,6 +215,43 @@ class MIPrunerModelMixin:
                 emb = torch.cat([emb, encode_positions(pos, emb.dtype).to(emb.device)], dim=1)
             out.append(emb)
         return out
+
+    @staticmethod
+    def _mipruner_select_frames(
+        frames: list[int], visuals: list[torch.Tensor], texts: list[torch.Tensor], params: list[Any]
+    ) -> list[torch.Tensor]:
+        """One batched selection for all items; an item of several frames selects per frame.
+
+        A frame is scored against the item's query like an item of its own, with the frame's share
+        of the item budget (``n_keep_per_frame``) as an absolute budget; the random baseline gets
+        ``seed + frame`` so frames do not repeat one pattern. Returns each item's selected rows.
+        """
+        unit_visuals, unit_texts, unit_params, owners = [], [], [], []
+        for j, (n_frames, visual, text, item_params) in enumerate(zip(frames, visuals, texts, params, strict=True)):
+            if n_frames == 1:
+                unit_visuals.append(visual)
+                unit_texts.append(text)
+                unit_params.append(item_params)
+                owners.append((j, 0))
+                continue
+            per_frame, rest = divmod(visual.shape[0], n_frames)
+            if rest:
+                raise ValueError(f"mipruner: {visual.shape[0]} visual rows do not split into {n_frames} equal frames")
+            budgets = item_params.n_keep_per_frame(n_frames, per_frame)
+            for frame, budget in enumerate(budgets):
+                start = frame * per_frame
+                unit_visuals.append(visual[start : start + per_frame])
+                unit_texts.append(text)
+                unit_params.append(
+                    item_params.model_copy(
+                        update={"keep_ratio": None, "keep_tokens": budget, "seed": item_params.seed + frame}
+                    )
+                )
+                owners.append((j, start))
+        selected: list[list[torch.Tensor]] = [[] for _ in visuals]
+        for (j, start), sel in zip(owners, select_tokens_batch(unit_visuals, unit_texts, unit_params), strict=True):
+            selected[j].append(sel + start)
+        return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in selected]
 
     def _mipruner_embed_texts(self, ids: list[torch.Tensor], visuals: list[torch.Tensor]) -> list[torch.Tensor]:
         """Query embeddings from the LLM's input embedding table, one call for the batch."""

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""MI-Pruner for Qwen3-VL: images pruned (deepstack rows follow), videos passed through.
+"""MI-Pruner for Qwen3-VL: images and videos; deepstack rows follow the selection.
 
 * Deepstack: Qwen3-VL's image embeddings are ``[main | deepstack level 1 | ... ]`` along the
   hidden dimension (``visual_dim`` each). Scores use the main ``visual_dim`` columns (what the
@@ -7,17 +7,21 @@
   exactly the same tokens, in the same order, as the main embedding.
 * Positions: as for Qwen2/2.5-VL (:mod:`..mrope`). ``get_mrope_input_positions`` advances by the
   placeholder length of an image (stock Qwen3-VL advances by ``h*w``, memo B3); every video frame
-  is its own run of media tokens after its timestamp text.
-* Video: a Qwen3-VL video interleaves per-frame timestamp text with the frames' tokens. Pruning it
-  as one item is not implemented yet, so videos keep every token (they still carry position
-  columns, which the runner strips). With the GPU arming flag ``--video-pruning-rate``, stock
-  Qwen3-VL would run EVS on videos; the plugin's processor and model turn that off, so video
-  behaves exactly as stock vLLM without video pruning.
+  is its own run of media tokens after its timestamp text, at positions ``(0, h, w)`` from the
+  run's start, and the text after a frame continues as if nothing had been pruned.
+* Video budget: stock Qwen3-VL writes ``<t seconds><|vision_start|>`` pads ``<|vision_end|>`` for
+  every frame, so each frame's pad count is fixed in the prompt before the encoder runs. The
+  plugin keeps that layout: the video is one item whose budget ``n_keep(T*P)`` is spread evenly
+  over its T frames (:meth:`~mipruner_vllm.params.PruningParams.n_keep_per_frame`), and each
+  frame keeps its share of its own P tokens, scored against the video's query. (Stock EVS
+  instead moves every retained token into the first frame's slot and rebuilds the span in the
+  model, vLLM #30847.) With the GPU arming flag ``--video-pruning-rate`` stock Qwen3-VL would
+  also run EVS; the plugin's processor and model turn that off, so a video is pruned once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from vllm.model_executor.models.qwen3_vl import (
@@ -27,13 +31,12 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.processing.processor import PromptReplacement
 
-from mipruner_vllm.integration.fields import strip_pruning_kwargs
+from mipruner_vllm.integration.fields import decode_params, params_field
 from mipruner_vllm.integration.models.common import EncodedItem
 from mipruner_vllm.integration.models.qwen2_vl import QwenModelMixin, QwenProcessorMixin
 from mipruner_vllm.integration.mrope import grid_positions, pruned_mrope_input_positions
-from mipruner_vllm.integration.processing import MIPrunerInfoMixin
+from mipruner_vllm.integration.processing import MIPrunerInfoMixin, PrunedPlaceholder
 
 
 class MIPrunerQwen3VLProcessingInfo(MIPrunerInfoMixin, Qwen3VLProcessingInfo):
@@ -41,34 +44,36 @@ class MIPrunerQwen3VLProcessingInfo(MIPrunerInfoMixin, Qwen3VLProcessingInfo):
 
 
 class MIPrunerQwen3VLMultiModalProcessor(QwenProcessorMixin, Qwen3VLMultiModalProcessor):
-    mipruner_modalities = ("image",)
-
-    def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any) -> Any:
-        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+    def _pruned_replacement(
+        self, modality: str, stock: Any, mm_items: Any, out_mm_kwargs: Any, item_idx: int
+    ) -> PrunedPlaceholder:
+        if modality != "video":
+            return super()._pruned_replacement(modality, stock, mm_items, out_mm_kwargs, item_idx)
+        # Stock Qwen3-VL's per-frame layout with each frame's share of the budget; stock's own
+        # replacement is not called, so its EVS branch (armed by the GPU flag) never runs.
+        item = out_mm_kwargs["video"][item_idx]
+        params = decode_params(item[params_field("video")].data)
         hf_config = self.info.get_hf_config()
-        merge = self.info.get_image_processor(**strip_pruning_kwargs(hf_processor_mm_kwargs)).merge_size
-        tokenizer = self.info.get_tokenizer()
-
-        def video_replacement(item_idx: int) -> Any:
-            # Stock Qwen3-VL's replacement without its EVS branch (the arming rate must not prune).
-            item = out_mm_kwargs["video"][item_idx]
-            t, h, w = (int(x) for x in item["video_grid_thw"].data.tolist())
-            return Qwen3VLMultiModalProcessor.get_video_repl(
-                tokens_per_frame=[h * w // (merge * merge)] * t,
-                timestamps=item["timestamps"].data,
-                tokenizer=tokenizer,
-                vision_start_token_id=hf_config.vision_start_token_id,
-                vision_end_token_id=hf_config.vision_end_token_id,
-                video_token_id=hf_config.video_token_id,
-                select_token_id=True,
-            )
-
-        return [
-            PromptReplacement(modality="video", target=u.target, replacement=video_replacement)
-            if u.modality == "video"
-            else u
-            for u in updates
-        ]
+        merge = hf_config.vision_config.spatial_merge_size
+        frames, h, w = (int(x) for x in item["video_grid_thw"].data.tolist())
+        per_frame = h * w // (merge * merge)
+        budgets = params.n_keep_per_frame(frames, per_frame)
+        details = Qwen3VLMultiModalProcessor.get_video_repl(
+            tokens_per_frame=budgets,
+            timestamps=item["timestamps"].data,
+            tokenizer=self.info.get_tokenizer(),
+            vision_start_token_id=hf_config.vision_start_token_id,
+            vision_end_token_id=hf_config.vision_end_token_id,
+            video_token_id=hf_config.video_token_id,
+            select_token_id=True,
+        )
+        return PrunedPlaceholder(
+            full=details.full,
+            is_embed=details.is_embed,
+            n_visual=frames * per_frame,
+            n_kept=sum(budgets),
+            method=params.method if params.prunes else "none",
+        )
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -77,8 +82,6 @@ class MIPrunerQwen3VLMultiModalProcessor(QwenProcessorMixin, Qwen3VLMultiModalPr
     dummy_inputs=Qwen3VLDummyInputsBuilder,
 )
 class MIPrunerQwen3VLForConditionalGeneration(QwenModelMixin, Qwen3VLForConditionalGeneration):
-    mipruner_modalities = ("image",)
-
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)
         merge = self.config.vision_config.spatial_merge_size
@@ -96,7 +99,7 @@ class MIPrunerQwen3VLForConditionalGeneration(QwenModelMixin, Qwen3VLForConditio
                     # Each frame is its own run after its timestamp text: (0, h, w) per frame.
                     positions = grid_positions(t, h // merge, w // merge)
                     positions[:, 0] = 0
-                    items.append(EncodedItem("video", emb, self.visual_dim, positions))
+                    items.append(EncodedItem("video", emb, self.visual_dim, positions, frames=t))
         return items
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> Any:
