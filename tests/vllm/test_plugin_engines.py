@@ -277,6 +277,39 @@ def test_question_changes_selection_and_repeat_is_cached(h: Harness) -> None:
     assert summary(first) == summary(second)
 
 
+def test_chat_takes_the_same_parameters_and_query(h: Harness) -> None:
+    """``LLM.chat(..., mm_processor_kwargs=...)``: same budget and query policy as ``generate``."""
+    import base64
+    import io
+
+    from vllm import SamplingParams
+
+    img = image(IMAGE_SIZES[h.arch]["square"], seed=71)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    question = "Where is the red ball?"
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]},
+    ]
+    tail = h.tail()
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    full = h.llm.chat(messages, params, use_tqdm=False)[0]
+    pruned = h.llm.chat(messages, params, use_tqdm=False, mm_processor_kwargs={"keep_ratio": 0.25})[0]
+    generated = h.run([h.request(question, images=[img], keep_ratio=0.25)], max_tokens=1)[0]
+    records = tail.new()
+    assert len(records) == 2  # the chat request and the generate request (another prompt, another hash)
+    n_v, n_fixed = records[0]["n_visual"], records[0]["n_fixed"]
+    assert len(pruned.prompt_token_ids) == len(full.prompt_token_ids) - n_v - n_fixed + len(records[0]["kept"])
+    assert len(records[0]["kept"]) == n_keep(n_v, keep_ratio=0.25) + n_fixed
+    # The query is the question only: no system prompt, no template, identical to generate's.
+    assert records[0]["text_ids"] == records[1]["text_ids"]
+    assert records[0]["text_ids"] == h.tokenizer.encode(question, add_special_tokens=False)
+    assert records[0]["kept"] == records[1]["kept"]
+    assert generated.outputs[0].token_ids
+
+
 def test_two_images_in_one_request(h: Harness) -> None:
     sizes = IMAGE_SIZES[h.arch]
     imgs = [image(sizes["square"], seed=41), image(sizes["wide"], seed=42)]
