@@ -73,12 +73,14 @@ class BenchmarkRow:
     )
 
 
-def append_rows(path: Path, rows: list[BenchmarkRow]) -> None:
-    """Append to ``path`` (results are accumulated, never overwritten); header on first write."""
+def append_rows(path: Path, rows: list) -> None:
+    """Append dataclass rows to ``path`` (accumulated, never overwritten); header on first write."""
+    if not rows:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(BenchmarkRow)])
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(rows[0])])
         if new:
             writer.writeheader()
         for row in rows:
