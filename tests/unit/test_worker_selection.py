@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Selection of items whose frames have their own budgets (Qwen3-VL video), without an engine.
+"""The worker-side selection of the model mixin, without an engine.
 
 ``MIPrunerModelMixin._mipruner_select_frames`` is the worker's one batched call: plain items are
 selected as a whole, a video of T frames is selected frame by frame with the frame's share of the
 video budget (``PruningParams.n_keep_per_frame``), all in the same call.
+``MIPrunerModelMixin._mipruner_select`` scores on the first ``score_dim`` columns and returns
+whole rows, so Qwen3-VL's deepstack columns follow the kept indices.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import pytest
 import torch
 
 from mipruner_vllm import resolve_params, select_tokens
-from mipruner_vllm.integration.models.common import MIPrunerModelMixin
+from mipruner_vllm.integration.fields import encode_params
+from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMixin
 
 pytestmark = pytest.mark.unit
 
@@ -68,3 +71,42 @@ def test_random_baseline_draws_each_frame_anew() -> None:
 def test_rows_that_do_not_split_into_frames_are_an_error() -> None:
     with pytest.raises(ValueError, match="do not split into 3 equal frames"):
         select_frames([3], [_item(10)], [_item(2)], [resolve_params(keep_ratio=0.5)])
+
+
+class _Model(MIPrunerModelMixin):
+    """The mixin with a fixed query embedding table instead of an LLM."""
+
+    mipruner_modalities = ("image", "video")
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def _mipruner_embed_texts(self, ids: list[torch.Tensor], visuals: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.table[i] for i in ids]
+
+
+def test_deepstack_columns_follow_the_kept_rows_and_are_not_scored() -> None:
+    hidden, levels = 16, 2
+    table = _item(50, hidden, seed=5)
+    question = torch.tensor([3, 17, 42])
+    image = _item(24, hidden * (1 + levels), seed=6)  # [main | deepstack 1 | deepstack 2]
+    video = _item(2 * 12, hidden * (1 + levels), seed=7)
+    params = resolve_params(keep_ratio=0.25)
+    fields = {
+        "image": (torch.stack([encode_params(params)]), [question]),
+        "video": (torch.stack([encode_params(params)]), [question]),
+    }
+    items = [EncodedItem("image", image, hidden), EncodedItem("video", video, hidden, frames=2)]
+    out_image, out_video = _Model(table)._mipruner_select(items, fields)
+
+    expected = select_tokens(image[:, :hidden], table[question], keep_ratio=0.25)
+    assert torch.equal(out_image, image[expected])  # whole rows: every deepstack level follows
+    expected_video = select_frames([2], [video[:, :hidden]], [table[question]], [params])[0]
+    assert torch.equal(out_video, video[expected_video])
+    assert out_video.shape == (params.n_keep(24), hidden * (1 + levels))
+
+    # Scores ignore the deepstack columns: changing them changes nothing in the selection.
+    noisy = image.clone()
+    noisy[:, hidden:] = _item(24, hidden * levels, seed=8)
+    again = _Model(table)._mipruner_select([EncodedItem("image", noisy, hidden)], {"image": fields["image"]})[0]
+    assert torch.equal(again, noisy[expected])
