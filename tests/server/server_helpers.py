@@ -109,6 +109,24 @@ def image_data_url(seed: int = 0, size: tuple[int, int] = IMAGE_SIZE) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def video_data_url(frames: int = 4, side: int = 112, seed: int = 0) -> str:
+    """A deterministic ``frames``-frame, 2 fps MP4 as a data URL (written with OpenCV, no network)."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "clip.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (side, side))
+        for _ in range(frames):
+            writer.write(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        writer.release()
+        data = Path(path).read_bytes()
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
 def image_messages(question: str = "What is in this picture?", seed: int = 0) -> list[dict]:
     return [
         {

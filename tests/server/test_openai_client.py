@@ -124,3 +124,31 @@ def test_32_concurrent_requests_each_get_their_own_usage(client, unpruned_prompt
         expected = n_keep(N_VISUAL, **budget)
         assert usage.visual_tokens == N_VISUAL, budget
         assert usage.visual_tokens_kept == expected, (budget, usage)
+
+
+def test_video_is_one_item_with_one_budget(client):
+    """A video through the server: usage and the prompt follow the budget rule for the whole video."""
+    from server_helpers import video_data_url
+
+    def video_chat(**extra_body):
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video_url", "video_url": {"url": video_data_url(seed=5)}},
+                    {"type": "text", "text": "What happens in the video?"},
+                ],
+            }
+        ]
+        return client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=2, temperature=0.0, extra_body=extra_body
+        ).usage
+
+    full = video_chat(keep_ratio=1.0)
+    n_v = full.visual_tokens
+    assert n_v > N_VISUAL and full.visual_tokens_kept == n_v  # several frames, each >= an image
+    for budget in ({"keep_ratio": 0.25}, {"keep_tokens": 5}):
+        usage = video_chat(**budget)
+        kept = n_keep(n_v, **budget)
+        assert (usage.visual_tokens, usage.visual_tokens_kept) == (n_v, kept), budget
+        assert usage.prompt_tokens == full.prompt_tokens - (n_v - kept), budget
