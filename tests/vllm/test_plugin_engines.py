@@ -11,7 +11,8 @@ and is shut down, then one plugin engine serves every check:
 * requests with different parameters in one batch each get their own selection;
 * the same image with another question is selected again (query-aware hash), while the same
   request twice gives identical output, the second time from the prefix cache;
-* two images in one request, and a video (Qwen family);
+* ``LLM.chat`` takes the same parameters, and the same query (the question only), as ``generate``;
+* two images in one request, and a video (Qwen family; Qwen3-VL by its frame rule);
 * a bad parameter is rejected with a clear error and the engine keeps serving.
 
 The worker-side selections are observed through ``MIPRUNER_DEBUG_DIR``.
