@@ -10,10 +10,10 @@ own server with the plugin flags and ``mipruner-vllm serve`` accept. Rows are ap
 
 Start a server first, for example the ``mid`` Qwen2.5-VL demo checkpoint on CPU::
 
-    mipruner-vllm demo-model --arch qwen2_5_vl --size mid --out /tmp/qwen25-mid
-    python -m vllm.entrypoints.openai.api_server --model /tmp/qwen25-mid --enforce-eager \\
+    mipruner-vllm demo-model --arch qwen2_5_vl --size mid --out ./qwen25-mid
+    python -m vllm.entrypoints.openai.api_server --model ./qwen25-mid --enforce-eager \\
         --max-model-len 4096 $(python -c "from mipruner_vllm.integration.launch import \\
-        server_cli_args as a; print(' '.join(map(repr, a('/tmp/qwen25-mid', 'cpu'))))")
+        server_cli_args as a; print(' '.join(map(repr, a('./qwen25-mid', 'cpu'))))")
 
 then::
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from utils import RESULTS_DIR, append_rows, git_commit  # noqa: E402
+from utils import RESULTS_DIR, append_rows, git_commit, utc_timestamp  # noqa: E402
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ServeRow:
     note: str = ""
     server_version: str = ""
     commit: str = field(default_factory=git_commit)
-    timestamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    timestamp: str = field(default_factory=utc_timestamp)
 
 
 def image_url(size: int, seed: int) -> str:

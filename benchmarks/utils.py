@@ -39,6 +39,11 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} ({cores} cores visible, torch threads {torch.get_num_threads()})"
 
 
+def utc_timestamp() -> str:
+    """The time of a measurement, UTC, to the second (ISO 8601)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def triton_version() -> str:
     try:
         import triton
@@ -68,9 +73,7 @@ class BenchmarkRow:
     torch: str = field(default_factory=lambda: torch.__version__)
     triton: str = field(default_factory=triton_version)
     commit: str = field(default_factory=git_commit)
-    timestamp: str = field(
-        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    )
+    timestamp: str = field(default_factory=utc_timestamp)
 
 
 def append_rows(path: Path, rows: list) -> None:

@@ -67,6 +67,11 @@ class PruningParams(BaseModel):
             return False
         return self.keep_tokens is not None or (self.keep_ratio is not None and self.keep_ratio < 1.0)
 
+    @property
+    def applied_method(self) -> str:
+        """The method that really runs: ``"none"`` when nothing is pruned (metrics, usage)."""
+        return self.method if self.prunes else "none"
+
     def n_keep(self, n_visual: int) -> int:
         """The budget rule of DESIGN.md 2.4 for an item of ``n_visual`` tokens."""
         if self.method == "none":

@@ -202,7 +202,7 @@ class MIPrunerProcessorMixin:
             full=[self._mipruner_placeholder_id(modality)] * (n_kept + n_fixed),
             n_visual=n_visual,
             n_kept=n_kept,
-            method=params.method if params.prunes else "none",
+            method=params.applied_method,
         )
 
     def _maybe_apply_prompt_updates(self, mm_items: Any, mm_res: Any) -> Any:

@@ -43,26 +43,18 @@ _USER_TURN_PATTERNS: tuple[re.Pattern[str], ...] = (
 _MEDIA_LABEL_RE = re.compile(r"(?:Picture|Image|Video)\s*\d+\s*:\s*(?=\x00)")
 
 
-def _special_strings(tokenizer: Any) -> list[str]:
-    specials: set[str] = set(getattr(tokenizer, "all_special_tokens", []) or [])
+def _special_tokens(tokenizer: Any) -> tuple[list[str], set[int]]:
+    """Special and added tokens: their strings (longest first, for removal) and their ids."""
+    added: dict[str, int] = {}
     get_added = getattr(tokenizer, "get_added_vocab", None)
     if callable(get_added):
         try:
-            specials.update(get_added().keys())
+            added = dict(get_added())
         except Exception:  # pragma: no cover - tokenizer wrappers without an added vocab
-            pass
-    return sorted((s for s in specials if s), key=len, reverse=True)
-
-
-def _special_ids(tokenizer: Any) -> set[int]:
-    ids: set[int] = set(getattr(tokenizer, "all_special_ids", []) or [])
-    get_added = getattr(tokenizer, "get_added_vocab", None)
-    if callable(get_added):
-        try:
-            ids.update(get_added().values())
-        except Exception:  # pragma: no cover
-            pass
-    return ids
+            added = {}
+    strings = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(added)
+    ids = set(getattr(tokenizer, "all_special_ids", []) or []) | set(added.values())
+    return sorted((s for s in strings if s), key=len, reverse=True), ids
 
 
 def _clean(turn: str, specials: Sequence[str]) -> str:
@@ -112,8 +104,8 @@ def query_token_ids(
         if spans:
             break  # one template family per prompt
 
-    specials = _special_strings(tokenizer)
-    special_ids = _special_ids(tokenizer) | set(media_tokens)
+    specials, special_ids = _special_tokens(tokenizer)
+    special_ids |= set(media_tokens)
     encoded: dict[tuple[int, int], list[int]] = {}
     out: dict[str, list[list[int]]] = {}
     for index, modality in enumerate(items):

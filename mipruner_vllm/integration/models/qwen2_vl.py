@@ -42,12 +42,11 @@ class QwenProcessorMixin(MIPrunerProcessorMixin):
     mipruner_modalities = ("image", "video")
 
     def _mipruner_media_tokens(self) -> dict[int, str]:
-        hf_processor = self.info.get_hf_processor()  # type: ignore[attr-defined]
-        vocab = self.info.get_tokenizer().get_vocab()  # type: ignore[attr-defined]
-        return {vocab[hf_processor.image_token]: "image", vocab[hf_processor.video_token]: "video"}
+        config = self.info.get_hf_config()  # type: ignore[attr-defined]
+        return {int(config.image_token_id): "image", int(config.video_token_id): "video"}
 
     def _mipruner_placeholder_id(self, modality: str) -> int:
-        return next(tid for tid, m in self._mipruner_media_tokens().items() if m == modality)
+        return int(getattr(self.info.get_hf_config(), f"{modality}_token_id"))  # type: ignore[attr-defined]
 
     def _mipruner_item_budget(
         self, modality: str, item_idx: int, mm_items: Any, item: Any, n_stock: int

@@ -72,7 +72,7 @@ class MIPrunerQwen3VLMultiModalProcessor(QwenProcessorMixin, Qwen3VLMultiModalPr
             is_embed=details.is_embed,
             n_visual=frames * per_frame,
             n_kept=sum(budgets),
-            method=params.method if params.prunes else "none",
+            method=params.applied_method,
         )
 
 
