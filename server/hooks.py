@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The two places where the server layer reads vLLM's API-server internals, kept in one file.
 
-Both are re-checked on every vLLM bump (the supported range is pinned in pyproject.toml):
+Both names are declared in :mod:`mipruner_vllm.integration.vllm_surface` and checked at load:
 
 * :func:`pruning_enabled` reads the served architecture from ``app.state.vllm_config``
   (set by ``init_app_state``);
@@ -17,6 +17,8 @@ import contextvars
 import functools
 import logging
 from typing import Any
+
+from mipruner_vllm.integration.vllm_surface import apply_patch
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def ensure_outcome_context(app: Any) -> None:
     """
     engine_client = getattr(getattr(app, "state", None), "engine_client", None)
     renderer = getattr(engine_client, "renderer", None)
-    if renderer is None or getattr(renderer, "_mipruner_context_aware", False):
+    if renderer is None:
         return
     process = renderer._process_multimodal
     executor = renderer._mm_executor
@@ -61,6 +63,5 @@ def ensure_outcome_context(app: Any) -> None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, functools.partial(context.run, process, *args, **kwargs))
 
-    renderer._process_multimodal_async = process_multimodal_async
-    renderer._mipruner_context_aware = True
-    logger.debug("mipruner: renderer multimodal processing now carries the request context")
+    # Declared, logged, idempotent and undoable: mipruner_vllm.integration.vllm_surface.
+    apply_patch("BaseRenderer._process_multimodal_async", renderer, process_multimodal_async)

@@ -239,15 +239,14 @@ def apply_plugin_flags(args: argparse.Namespace, on_cpu: bool) -> bool:
 
 
 def build_parser() -> Any:
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from mipruner_vllm.integration.vllm_surface import resolve
 
-    parser = FlexibleArgumentParser(
+    parser = resolve("FlexibleArgumentParser")(
         prog="mipruner-vllm serve",
         description="vLLM's OpenAI-compatible server with MI-Pruner visual-token pruning. With no "
         "--model, serves a tiny built-in demo checkpoint (meaningless answers, no network needed).",
     )
-    parser = make_arg_parser(parser)
+    parser = resolve("make_arg_parser")(parser)
     add_pruning_args(parser)
     return parser
 
@@ -256,21 +255,19 @@ def main(argv: list[str]) -> None:
     """Entry point of ``mipruner-vllm serve ARGS...`` (see the module docstring)."""
     check_pruning_flags(argv)
     prepare_metrics_dir()
-    from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
-    from vllm.logger import configure_logging_from_args
-    from vllm.platforms import current_platform
+    from mipruner_vllm.integration.vllm_surface import resolve
 
+    # Through the declared surface: these moved between vLLM 0.32 and 0.33.
+    current_platform = resolve("current_platform")
     # The engine reads these when it starts (below), so setting them after the import is in time.
     on_cpu = current_platform.is_cpu()
     if on_cpu:
         set_cpu_defaults()
 
-    cli_env_setup()
+    resolve("cli_env_setup")()
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging_from_args(args)
+    resolve("configure_logging_from_args")(args)
     try:
         defaults = export_pruning_defaults(args)
     except ValueError as exc:
@@ -283,5 +280,5 @@ def main(argv: list[str]) -> None:
     if MIDDLEWARE not in args.middleware:
         args.middleware.append(MIDDLEWARE)
     logger.info("mipruner: pruning defaults %s; metrics dir %s", defaults, os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    validate_parsed_serve_args(args)
-    ServeSubcommand.cmd(args)
+    resolve("validate_parsed_serve_args")(args)
+    resolve("ServeSubcommand").cmd(args)

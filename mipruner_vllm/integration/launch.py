@@ -1,29 +1,44 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What vLLM needs to run a model with MI-Pruner: architecture names and launch flags.
+"""Arming: everything vLLM needs to run a model with MI-Pruner, in one module.
 
-This module is what launchers (the project's server, benchmarks, tests) call. It imports neither
-vLLM nor torch, so it is safe in a process that has not decided to start an engine yet.
+Launchers (the project's server, benchmarks, tests, a user's ``LLM(...)``) call
+:func:`engine_overrides` / :func:`server_cli_args`; the models call :func:`check_armed` and
+:func:`disable_stock_video_pruning` when they are built; vLLM's CPU platform loads
+:class:`MIPrunerCPUWorker` by name. Importing this module imports neither vLLM nor torch (the
+worker class is created on first access), so it is safe in a process that has not decided to
+start an engine yet.
 
 Three things arm the plugin (see ``docs/plugin.md``):
 
 1. ``hf_overrides={"architectures": ["MIPruner<Arch>"]}`` selects the pruning-aware model and
    processor that :func:`mipruner_vllm.plugin.register` registered under their own names. Stock
    architectures are never replaced, so an engine without the override is stock vLLM.
-2. ``--trust-request-mm-kwargs`` (server only): vLLM 0.32 rejects per-request
-   ``mm_processor_kwargs`` without it. Offline ``LLM.generate/chat`` has no such gate.
+2. ``--trust-request-mm-kwargs`` (server only): vLLM rejects per-request ``mm_processor_kwargs``
+   without it. Offline ``LLM.generate/chat`` has no such gate.
 3. For the M-RoPE models (Qwen family) the runner must call the model's
    ``recompute_mrope_positions``. vLLM arms that only when ``video_pruning_rate > 0`` on GPU,
    and never on CPU (its CPU runner forgets to), so on CPU the plugin ships a worker class that
-   arms it (``worker_cls``), and on GPU we pass a positive ``video_pruning_rate``. The MIPruner
-   models ignore the rate itself: they never run vLLM's EVS, so videos are not pruned twice.
+   arms it (``worker_cls``, vLLM's own knob), and on GPU we pass a positive
+   ``video_pruning_rate``. The MIPruner models switch vLLM's own video pruning (EVS) off
+   (:func:`disable_stock_video_pruning`), so the rate only arms the runner and a video is never
+   pruned twice.
+
+A mis-launched engine fails at start-up (:func:`check_armed`, from the model's constructor)
+with the flags to add, not on the first pruned request.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from mipruner_vllm.errors import MiprunerError
+
+logger = logging.getLogger(__name__)
 
 #: Stock vLLM architecture name -> the pruning-aware name the plugin registers.
 PRUNING_ARCHITECTURES: dict[str, str] = {
@@ -58,7 +73,7 @@ MROPE_ARCHITECTURES: frozenset[str] = frozenset(
 )
 
 #: The CPU worker that arms ``recompute_mrope_positions`` (vLLM's CPU runner never does).
-CPU_WORKER_CLS = "mipruner_vllm.integration.workers.MIPrunerCPUWorker"
+CPU_WORKER_CLS = "mipruner_vllm.integration.launch.MIPrunerCPUWorker"
 
 #: Any value in (0, 1) arms vLLM's GPU runners (V1 and V2) for position recompute. The MIPruner
 #: models never apply vLLM's own video pruning (EVS), so the value has no other effect.
@@ -92,14 +107,24 @@ def pruning_architectures(model: str | Path | Sequence[str]) -> list[str]:
     return out
 
 
-def engine_overrides(model: str | Path | Sequence[str], device: Device = "cpu") -> dict[str, Any]:
+def platform_device() -> Device:
+    """Where vLLM's engine will run on this machine: ``"cpu"`` or ``"cuda"`` (vLLM's platform)."""
+    from mipruner_vllm.integration.vllm_surface import resolve
+
+    return "cpu" if resolve("current_platform").is_cpu() else "cuda"
+
+
+def engine_overrides(model: str | Path | Sequence[str], device: Device | None = None) -> dict[str, Any]:
     """``EngineArgs`` / ``LLM(...)`` keyword arguments that enable MI-Pruner for ``model``.
 
     ``model`` is a checkpoint directory (its ``config.json`` names the architecture) or the
-    architecture name(s). ``device`` is where the engine runs: ``"cpu"`` adds the arming worker
-    class, ``"cuda"`` a positive ``video_pruning_rate`` (M-RoPE models only).
+    architecture name(s). ``device`` is where the engine runs, by default what vLLM's platform
+    says: ``"cpu"`` adds the arming worker class, ``"cuda"`` a positive ``video_pruning_rate``
+    (M-RoPE models only).
     """
     archs = pruning_architectures(model)
+    if device is None and any(a in MROPE_ARCHITECTURES for a in archs):
+        device = platform_device()
     kwargs: dict[str, Any] = {"hf_overrides": {"architectures": archs}}
     if any(a in MROPE_ARCHITECTURES for a in archs):
         if device == "cpu":
@@ -109,7 +134,7 @@ def engine_overrides(model: str | Path | Sequence[str], device: Device = "cpu") 
     return kwargs
 
 
-def server_cli_args(model: str | Path | Sequence[str], device: Device = "cpu") -> list[str]:
+def server_cli_args(model: str | Path | Sequence[str], device: Device | None = None) -> list[str]:
     """The same as :func:`engine_overrides`, as flags for ``vllm.entrypoints.openai.api_server``.
 
     Includes ``--trust-request-mm-kwargs`` so clients can send per-request pruning parameters in
@@ -122,3 +147,90 @@ def server_cli_args(model: str | Path | Sequence[str], device: Device = "cpu") -
     if "video_pruning_rate" in kwargs:
         args += ["--video-pruning-rate", str(kwargs["video_pruning_rate"])]
     return args
+
+
+class LaunchConfigurationError(MiprunerError, RuntimeError):
+    """The engine was launched without what a pruning-aware M-RoPE model needs."""
+
+
+def check_armed(vllm_config: Any, arch: str) -> bool:
+    """Whether the runner will call ``recompute_mrope_positions``; raises with the fix if not.
+
+    Called from the M-RoPE models' constructors: vLLM's GPU runners (V1 and V2) arm the
+    recompute when ``video_pruning_rate > 0``; its CPU runner never does, which
+    :class:`MIPrunerCPUWorker` fixes.
+    """
+    from mipruner_vllm.integration.vllm_surface import resolve
+
+    if resolve("current_platform").is_cpu():
+        worker = vllm_config.parallel_config.worker_cls
+        if isinstance(worker, str):
+            worker = resolve("resolve_obj_by_qualname")(worker)
+        if isinstance(worker, type) and issubclass(worker, _cpu_worker_class()):
+            return True
+        raise LaunchConfigurationError(
+            f"{arch} on CPU needs the plugin's worker class to keep M-RoPE positions of pruned "
+            f"tokens: pass worker_cls={CPU_WORKER_CLS!r} (CLI: --worker-cls {CPU_WORKER_CLS}); "
+            "see mipruner_vllm.integration.launch.engine_overrides()"
+        )
+    if vllm_config.model_config.get_multimodal_config().is_multimodal_pruning_enabled():
+        return True
+    raise LaunchConfigurationError(
+        f"{arch} needs vLLM's M-RoPE recompute armed: pass video_pruning_rate="
+        f"{GPU_ARMING_VIDEO_PRUNING_RATE} (CLI: --video-pruning-rate {GPU_ARMING_VIDEO_PRUNING_RATE}); "
+        "the value only arms the runner, MI-Pruner replaces vLLM's own video pruning; see "
+        "mipruner_vllm.integration.launch.engine_overrides()"
+    )
+
+
+def disable_stock_video_pruning(model: Any) -> None:
+    """Switch the stock model's EVS off: our arming rate would otherwise prune videos twice.
+
+    Stock Qwen2/2.5/3-VL run EVS on videos when ``video_pruning_rate > 0``, which is exactly
+    how the GPU runner is armed; the MIPruner models select every item themselves.
+    """
+    model.is_multimodal_pruning_enabled = False
+
+
+def arm_position_recompute(model_runner: Any) -> bool:
+    """Set the runner's pruning flag for an MI-Pruner M-RoPE model; True if armed."""
+    from mipruner_vllm.integration.vllm_surface import resolve
+
+    model = model_runner.get_model()
+    if (
+        getattr(model, "mipruner_positions_armed", False)
+        and resolve("supports_multimodal_pruning")(model)
+        and model_runner.uses_mrope
+    ):
+        model_runner.is_multimodal_pruning_enabled = True
+        logger.info("mipruner: M-RoPE position recompute armed on the CPU model runner")
+        return True
+    return False
+
+
+@functools.cache
+def _cpu_worker_class() -> type:
+    """vLLM's CPU worker, arming the position recompute once the model is loaded.
+
+    Why a worker class: vLLM's GPU model runner sets ``is_multimodal_pruning_enabled`` in
+    ``load_model``; the CPU runner overrides ``load_model`` and never does, so pruned M-RoPE items
+    would keep wrong positions. ``--worker-cls`` is vLLM's supported knob for this (the CPU
+    platform only fills it when it is ``"auto"``), so no vLLM code is patched. Built on first
+    access so that importing this module does not import vLLM.
+    """
+    from mipruner_vllm.integration.vllm_surface import resolve
+
+    base = resolve("CPUWorker")
+
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
+        base.load_model(self, *args, **kwargs)
+        arm_position_recompute(self.model_runner)
+
+    return type("MIPrunerCPUWorker", (base,), {"load_model": load_model, "__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: vLLM resolves CPU_WORKER_CLS with import_module + getattr, which lands here.
+    if name == "MIPrunerCPUWorker":
+        return _cpu_worker_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mipruner_vllm.errors import UnsupportedVllmError
-from mipruner_vllm.integration import compat
+from mipruner_vllm.integration import vllm_surface
 from mipruner_vllm.integration.launch import (
     CPU_WORKER_CLS,
     MODEL_CLASSES,
@@ -41,15 +40,56 @@ def test_register_is_idempotent_and_registers_every_architecture() -> None:
     assert set(PRUNING_ARCHITECTURES.values()) == set(MODEL_CLASSES)
 
 
-def test_version_check_names_both_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert compat.supported_vllm_range() == ">=0.32.0,<0.33" or "0.32" in compat.supported_vllm_range()
-    monkeypatch.setattr(compat, "installed_vllm_version", lambda: "0.40.1")
-    with pytest.raises(UnsupportedVllmError, match=r"vllm==0\.40\.1") as err:
-        compat.check_vllm_version()
-    assert compat.supported_vllm_range() in str(err.value)
-    assert compat.check_vllm_version(skip=True) == "0.40.1"
-    assert compat.is_supported("0.32.0+cpu", ">=0.32.0,<0.33")
-    assert not compat.is_supported("0.31.9", ">=0.32.0,<0.33")
+def test_declared_surface_matches_the_installed_vllm() -> None:
+    pytest.importorskip("vllm")
+    assert vllm_surface.check(vllm_surface.VllmSource.installed()) == []
+    assert vllm_surface.check_installed() == vllm_surface.installed_vllm_version()
+
+
+def _inspect_params(signature) -> tuple[str, ...]:
+    """A signature in the surface's notation: ``/`` and ``*`` markers, ``*args``, ``**kwargs``."""
+    import inspect
+
+    kinds = inspect.Parameter
+    out: list[str] = []
+    values = list(signature.parameters.values())
+    for i, p in enumerate(values):
+        if p.kind is kinds.KEYWORD_ONLY and not any(x.startswith("*") for x in out):
+            out.append("*")
+        out.append({kinds.VAR_POSITIONAL: "*", kinds.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name)
+        if p.kind is kinds.POSITIONAL_ONLY and (i + 1 == len(values) or values[i + 1].kind is not kinds.POSITIONAL_ONLY):
+            out.append("/")
+    return tuple(out)
+
+
+def test_declared_parameters_agree_with_inspect() -> None:
+    """The source reader's parameter lists are what ``inspect`` sees on the imported class."""
+    pytest.importorskip("vllm")
+    import importlib
+    import inspect
+
+    for declared in vllm_surface.SURFACE:
+        if declared.params is None or len(declared.locations) > 1:
+            continue
+        module, _, qualname = declared.locations[0].partition(":")
+        owner_name, _, attribute = qualname.rpartition(".")
+        owner = importlib.import_module(module)
+        for part in owner_name.split("."):
+            owner = getattr(owner, part)
+        function = inspect.getattr_static(owner, attribute)
+        function = getattr(function, "__func__", function)  # staticmethod / classmethod
+        params = _inspect_params(inspect.signature(function))
+        assert tuple(params) == declared.params, declared.key
+
+
+def test_cpu_worker_class_resolves_by_name_and_arms() -> None:
+    pytest.importorskip("vllm")
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
+    worker = resolve_obj_by_qualname(CPU_WORKER_CLS)
+    assert issubclass(worker, CPUWorker) and worker.__name__ == "MIPrunerCPUWorker"
+    assert resolve_obj_by_qualname(CPU_WORKER_CLS) is worker  # one class per process
 
 
 def test_launch_helpers(tmp_path: Path) -> None:
@@ -63,6 +103,8 @@ def test_launch_helpers(tmp_path: Path) -> None:
     assert engine_overrides("LlavaForConditionalGeneration", "cpu") == {
         "hf_overrides": {"architectures": ["MIPrunerLlavaForConditionalGeneration"]}
     }
+    # No device given: vLLM's platform decides (this machine is a CPU one).
+    assert engine_overrides(tmp_path) == engine_overrides(tmp_path, "cpu")
     args = server_cli_args(tmp_path, "cpu")
     assert args[:3] == ["--hf-overrides", '{"architectures": ["MIPrunerQwen2_5_VLForConditionalGeneration"]}', "--trust-request-mm-kwargs"]
     assert args[3:] == ["--worker-cls", CPU_WORKER_CLS]

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 
 from mipruner_vllm.config import get_settings
-from mipruner_vllm.errors import MiprunerError
 from mipruner_vllm.integration.fields import decode_params, params_field, text_field, unbatch
 from mipruner_vllm.integration.mrope import POSITION_COLUMNS, encode_positions
 from mipruner_vllm.metrics import observe_selection
@@ -59,49 +58,6 @@ class EncodedItem:
     #: The rows are this many equal frames, each with its own placeholder run and budget
     #: (:meth:`~mipruner_vllm.params.PruningParams.n_keep_per_frame`; Qwen3-VL video).
     frames: int = 1
-
-
-class LaunchConfigurationError(MiprunerError, RuntimeError):
-    """The engine was launched without what a pruning-aware M-RoPE model needs."""
-
-
-def mrope_positions_armed(vllm_config: Any, arch: str) -> bool:
-    """Whether the runner will call ``recompute_mrope_positions`` (raise with the fix if not).
-
-    vLLM's GPU runners (V1 and V2) arm it when ``video_pruning_rate > 0``; its CPU runner never
-    does, which the plugin's CPU worker class fixes. Checked at model construction so that a
-    mis-launched engine fails at start-up with the flags to add, not on the first pruned request.
-    """
-    from vllm.platforms import current_platform
-
-    from mipruner_vllm.integration.launch import CPU_WORKER_CLS, GPU_ARMING_VIDEO_PRUNING_RATE
-
-    if current_platform.is_cpu():
-        worker_cls = vllm_config.parallel_config.worker_cls
-        if isinstance(worker_cls, str):
-            from vllm.utils.import_utils import resolve_obj_by_qualname
-
-            worker = resolve_obj_by_qualname(worker_cls)
-        else:
-            worker = worker_cls
-        from mipruner_vllm.integration.workers import MIPrunerCPUWorker
-
-        if isinstance(worker, type) and issubclass(worker, MIPrunerCPUWorker):
-            return True
-        raise LaunchConfigurationError(
-            f"{arch} on CPU needs the plugin's worker class to keep M-RoPE positions of pruned "
-            f"tokens: pass worker_cls={CPU_WORKER_CLS!r} (CLI: --worker-cls {CPU_WORKER_CLS}); "
-            "see mipruner_vllm.integration.launch.engine_overrides()"
-        )
-    mm_config = vllm_config.model_config.get_multimodal_config()
-    if mm_config.is_multimodal_pruning_enabled():
-        return True
-    raise LaunchConfigurationError(
-        f"{arch} needs vLLM's M-RoPE recompute armed: pass video_pruning_rate="
-        f"{GPU_ARMING_VIDEO_PRUNING_RATE} (CLI: --video-pruning-rate {GPU_ARMING_VIDEO_PRUNING_RATE}); "
-        "the value only arms the runner, MI-Pruner replaces vLLM's own video pruning; see "
-        "mipruner_vllm.integration.launch.engine_overrides()"
-    )
 
 
 def _debug_record(path: Path, record: dict[str, Any]) -> None:
@@ -264,4 +220,4 @@ class MIPrunerModelMixin:
         return [e.to(v.dtype) for e, v in zip(torch.split(embeds, lengths), visuals, strict=True)]
 
 
-__all__ = ["POSITION_COLUMNS", "EncodedItem", "LaunchConfigurationError", "MIPrunerModelMixin", "mrope_positions_armed"]
+__all__ = ["POSITION_COLUMNS", "EncodedItem", "MIPrunerModelMixin"]

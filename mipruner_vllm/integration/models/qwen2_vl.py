@@ -23,11 +23,8 @@ from vllm.model_executor.models.qwen2_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from mipruner_vllm.integration.models.common import (
-    EncodedItem,
-    MIPrunerModelMixin,
-    mrope_positions_armed,
-)
+from mipruner_vllm.integration.launch import check_armed, disable_stock_video_pruning
+from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMixin
 from mipruner_vllm.integration.mrope import (
     grid_positions,
     pruned_mrope_input_positions,
@@ -67,10 +64,8 @@ class QwenModelMixin(MIPrunerModelMixin):
         # vLLM requires these two named parameters; an unset prefix keeps the stock default.
         kwargs = {"vllm_config": vllm_config} if prefix is None else {"vllm_config": vllm_config, "prefix": prefix}
         super().__init__(**kwargs)  # type: ignore[call-arg]
-        self.mipruner_positions_armed = mrope_positions_armed(vllm_config, type(self).__name__)
-        # Stock Qwen2.5-VL runs EVS on videos when video_pruning_rate > 0 (our GPU arming flag);
-        # MI-Pruner replaces it, so a video is never pruned twice.
-        self.is_multimodal_pruning_enabled = False
+        self.mipruner_positions_armed = check_armed(vllm_config, type(self).__name__)
+        disable_stock_video_pruning(self)
 
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)  # type: ignore[attr-defined]

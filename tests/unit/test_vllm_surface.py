@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The declared vLLM surface: the checker on made-up vLLM sources, and the project's sources
+against the declaration (no vLLM needed)."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mipruner_vllm.errors import UnsupportedVllmError
+from mipruner_vllm.integration import vllm_surface
+from mipruner_vllm.integration.vllm_surface import (
+    SURFACE,
+    SURFACE_BY_KEY,
+    VllmName,
+    VllmSource,
+    check,
+)
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_SOURCES = sorted(
+    p for d in ("mipruner_vllm", "server", "kernels") for p in (ROOT / d).rglob("*.py")
+)
+
+FAKE_VLLM = {
+    "vllm/__init__.py": """
+        MODULE_ATTRS = {"LLM": ".entrypoints.llm:LLM"}
+        def __getattr__(name): ...
+    """,
+    "vllm/proc.py": """
+        class Base:
+            flag: bool = False
+            def __init__(self):
+                self.executor = None
+            def hook(self, mm_items, hf_kwargs): ...
+            def keyword_only(self, a, *, cache, scheduler_config): ...
+            def spread(self, *args, **kwargs): ...
+        REGISTRY = object()
+    """,
+    "vllm/new_home.py": "def moved(): ...",
+}
+
+
+def fake_source(files: dict[str, str] = FAKE_VLLM, version: str = "9.9.9") -> VllmSource:
+    texts = {k: textwrap.dedent(v) for k, v in files.items()}
+    return VllmSource(texts.get, version)
+
+
+def name(location: str, *more: str, params: tuple[str, ...] | None = None) -> VllmName:
+    return VllmName(location, "override" if params else "import", "test", (location, *more), params)
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        name("vllm:LLM"),  # served by the module's __getattr__ table
+        name("vllm.proc:REGISTRY"),
+        name("vllm.proc:Base"),
+        name("vllm.proc:Base.flag"),
+        name("vllm.proc:Base.executor"),  # set in __init__
+        name("vllm.proc:Base.hook", params=("self", "mm_items", "hf_kwargs")),
+        name("vllm.proc:Base.keyword_only", params=("self", "a", "*", "cache", "scheduler_config")),
+        name("vllm.proc:Base.spread", params=("self", "*args", "**kwargs")),
+        name("vllm.new_home:moved", "vllm.old_home:moved"),  # newest location first
+        name("vllm.old_home:moved", "vllm.new_home:moved"),  # any order resolves
+    ],
+)
+def test_present_names_pass(declared: VllmName) -> None:
+    assert check(fake_source(), [declared]) == []
+
+
+@pytest.mark.parametrize(
+    ("declared", "reason"),
+    [
+        (name("vllm.gone:Thing"), "module vllm.gone not found"),
+        (name("vllm.proc:Missing"), "vllm.proc:Missing not found"),
+        (name("vllm.proc:Other.hook"), "class vllm.proc:Other not found"),
+        (name("vllm.proc:Base.renamed_hook", params=("self",)), "vllm.proc:Base.renamed_hook not found"),
+        # An override whose base method gained a parameter: ours would not pass it on.
+        (name("vllm.proc:Base.hook", params=("self", "mm_items")), "has parameters (self, mm_items, hf_kwargs)"),
+        (name("vllm.proc:Base.keyword_only", params=("self", "a", "cache", "scheduler_config")), "expected"),
+    ],
+)
+def test_missing_or_changed_names_are_reported(declared: VllmName, reason: str) -> None:
+    (problem,) = check(fake_source(), [declared])
+    assert reason in str(problem)
+    error = vllm_surface.surface_error([problem], "9.9.9")
+    assert "vllm==9.9.9" in str(error) and declared.key in str(error)
+
+
+def test_a_removed_override_target_fails_the_load_time_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = dict(FAKE_VLLM, **{"vllm/proc.py": "class Base:\n    pass\n"})
+    monkeypatch.setattr(vllm_surface, "installed_vllm_version", lambda: "0.32.5")
+    declared = [name("vllm.proc:Base.hook", params=("self", "mm_items", "hf_kwargs"))]
+    assert vllm_surface.check_installed(source=fake_source(), names=declared) == "0.32.5"
+    with pytest.raises(UnsupportedVllmError, match=r"vllm==0\.32\.5(.|\n)*vllm\.proc:Base\.hook"):
+        vllm_surface.check_installed(source=fake_source(files, "0.32.5"), names=declared)
+
+
+def test_version_range_names_both_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = vllm_surface.supported_vllm_range()
+    assert vllm_surface.is_supported("0.32.0+cpu", spec) and vllm_surface.is_supported("0.33.0", spec)
+    assert not vllm_surface.is_supported("0.31.9", spec) and not vllm_surface.is_supported("0.34.0", spec)
+    monkeypatch.setattr(vllm_surface, "installed_vllm_version", lambda: "0.40.1")
+    with pytest.raises(UnsupportedVllmError, match=r"vllm==0\.40\.1") as err:
+        vllm_surface.check_installed()
+    assert spec in str(err.value) and "MIPRUNER_SKIP_VERSION_CHECK" in str(err.value)
+
+
+def test_pyproject_extra_matches_the_fallback_range() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f"vllm{vllm_surface.FALLBACK_VLLM_RANGE}" in [r.replace(" ", "") for r in extras["vllm"]]
+
+
+def _vllm_imports(path: Path) -> list[str]:
+    locations = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm":
+            locations += [f"{node.module}:{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            locations += [alias.name for alias in node.names if alias.name.split(".")[0] == "vllm"]
+    return locations
+
+
+def _string_calls(path: Path, function: str) -> list[str]:
+    keys = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == function
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            keys.append(node.args[0].value)
+    return keys
+
+
+def test_every_vllm_import_in_the_project_is_declared() -> None:
+    declared = {location for n in SURFACE for location in n.locations}
+    undeclared = {
+        f"{path.relative_to(ROOT)}: {location}"
+        for path in PROJECT_SOURCES
+        for location in _vllm_imports(path)
+        # `import vllm` only reads vllm.__version__ (the version check, the smoke check).
+        if location != "vllm" and location not in declared
+    }
+    assert not undeclared, "declare these in mipruner_vllm/integration/vllm_surface.py: " + ", ".join(sorted(undeclared))
+
+
+def test_every_resolved_or_patched_key_is_declared() -> None:
+    for path in PROJECT_SOURCES:
+        for key in _string_calls(path, "resolve"):
+            assert key in SURFACE_BY_KEY, f"{path.relative_to(ROOT)} resolves undeclared {key!r}"
+        for key in _string_calls(path, "apply_patch"):
+            assert SURFACE_BY_KEY[key].use == "patch", f"{path.relative_to(ROOT)} patches {key!r}"
+
+
+def test_declaration_is_well_formed() -> None:
+    assert len(SURFACE_BY_KEY) == len(SURFACE), "duplicate keys"
+    for declared in SURFACE:
+        assert declared.why and declared.locations
+        assert all(loc.startswith("vllm") and ":" in loc for loc in declared.locations), declared.key
+        if declared.use == "override":
+            assert declared.params is not None, f"{declared.key}: overrides pin their parameters"
+
+
+def test_patches_are_logged_idempotent_and_undoable(caplog: pytest.LogCaptureFixture) -> None:
+    class Renderer:
+        def _process_multimodal_async(self) -> str:
+            return "stock"
+
+    renderer = Renderer()
+    original = renderer._process_multimodal_async
+    with caplog.at_level("INFO", logger=vllm_surface.__name__):
+        first = vllm_surface.apply_patch("BaseRenderer._process_multimodal_async", renderer, lambda: "ours")
+        again = vllm_surface.apply_patch("BaseRenderer._process_multimodal_async", renderer, lambda: "other")
+    assert again is first and renderer._process_multimodal_async() == "ours"
+    assert sum("replaced BaseRenderer._process_multimodal_async" in r.message for r in caplog.records) == 1
+    first.undo()
+    assert renderer._process_multimodal_async == original
+    with pytest.raises(ValueError, match="not declared as a patch"):
+        vllm_surface.apply_patch("ModelRegistry", renderer, None)
