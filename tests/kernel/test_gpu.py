@@ -25,27 +25,27 @@ SHAPES = [(576, 4096, 64, 0.25), (1024, 3584, 32, 0.5), (4096, 3584, 256, 0.25),
     "dtype", [torch.bfloat16, torch.float16, torch.float32], ids=lambda d: str(d)[6:]
 )
 def test_full_size_lambda1(n_v, dim, n_t, ratio, dtype):
-    from mipruner_vllm.kernels.mi_select import mi_select
+    from mipruner_vllm.kernels.launch import mi_prune
 
     g = torch.Generator(device="cuda").manual_seed(n_v + n_t)
     visual = torch.randn(n_v, dim, device="cuda", generator=g).to(dtype)
     text = torch.randn(n_t, dim, device="cuda", generator=g).to(dtype)
     k = max(1, int(ratio * n_v))
-    (kept,), (scores,) = mi_select([visual], [text], [k], [0.1])
+    (kept,), (scores,) = mi_prune([visual], [text], [k], [0.1])
     ref = reference.cross_modal_scores(visual, text, 0.1)
     assert_close_verbose(scores, ref, 2e-3, 1e-3)
     assert_same_topk(kept, ref, reference.topk_indices(ref, k), k, 2e-3)
 
 
 def test_full_size_varlen_batch_and_greedy():
-    from mipruner_vllm.kernels.mi_greedy import mi_greedy
+    from mipruner_vllm.kernels.launch import mi_prune
 
     sizes = [(576, 40), (1024, 16), (2048, 200)]
     g = torch.Generator(device="cuda").manual_seed(0)
     visuals = [torch.randn(n, 3584, device="cuda", generator=g).bfloat16() for n, _ in sizes]
     texts = [torch.randn(t, 3584, device="cuda", generator=g).bfloat16() for _, t in sizes]
     ks = [144, 256, 512]
-    kept, _ = mi_greedy(visuals, texts, ks, [0.1, 0.2, 0.1], [0.5, 0.8, 0.3])
+    kept, _ = mi_prune(visuals, texts, ks, [0.1, 0.2, 0.1], [0.5, 0.8, 0.3])
     for v, t, k, lam, tau, got in zip(
         visuals, texts, ks, [0.5, 0.8, 0.3], [0.1, 0.2, 0.1], kept, strict=True
     ):
