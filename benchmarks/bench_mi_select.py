@@ -143,17 +143,35 @@ def _oracle(visual: torch.Tensor, text: torch.Tensor, k: int, mi_lambda: float) 
 
 
 def write_markdown(path: Path, rows: list[BenchmarkRow], header: dict[str, str]) -> None:
-    """A short table: p50 per provider and case, with the achieved share of peak bandwidth."""
+    """A short table: one line per case, p50 per provider, Triton's bandwidth and speed-ups."""
     lines = [f"# {header.pop('title')}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| model | N_V x d | N_T | batch | lambda | provider | p50 ms | GB/s | % of peak | note |",
-              "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+    lines += ["", "| model | N_V x d | N_T | keep | batch | lambda | triton ms | torch ms | torch.compile ms "
+              "| triton GB/s | triton % of peak | vs torch | vs compile | notes |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+              "| --- |"]  # fmt: skip
+    cases: dict[tuple, dict[str, BenchmarkRow]] = {}
     for r in rows:
-        share = f"{100 * r.peak_share:.1f}" if isinstance(r.peak_share, float) else ""
-        gbps = f"{r.achieved_gbps:.3g}" if isinstance(r.achieved_gbps, float) else ""
+        key = (r.model, r.n_visual, r.dim, r.n_text, r.keep_ratio, r.batch, r.mi_lambda)
+        cases.setdefault(key, {})[r.provider] = r
+
+    def ms(r: BenchmarkRow | None) -> str:
+        return "" if r is None or r.ms_p50 != r.ms_p50 else f"{r.ms_p50:.3f}"
+
+    def ratio(a: BenchmarkRow | None, b: BenchmarkRow | None) -> str:
+        if a is None or b is None or not a.ms_p50 > 0 or not b.ms_p50 > 0:
+            return ""
+        return f"{b.ms_p50 / a.ms_p50:.1f}x"
+
+    for (model, n_v, dim, n_t, keep, batch, lam), by in cases.items():
+        tri, eager, comp = by.get("triton"), by.get("torch"), by.get("torch_compile")
+        gbps = f"{tri.achieved_gbps:.3g}" if tri and isinstance(tri.achieved_gbps, float) else ""
+        share = (f"{100 * tri.peak_share:.1f}"
+                 if tri and isinstance(tri.peak_share, float) else "")  # fmt: skip
+        notes = "; ".join(f"{p}: {r.note}" for p, r in by.items() if r.note)
         lines.append(
-            f"| {r.model} | {r.n_visual} x {r.dim} | {r.n_text} | {r.batch} | {r.mi_lambda:g} | "
-            f"{r.provider} | {r.ms_p50:.3f} | {gbps} | {share} | {r.note} |"
+            f"| {model} | {n_v} x {dim} | {n_t} | {keep:g} | {batch} | {lam:g} | {ms(tri)} | {ms(eager)} | "
+            f"{ms(comp)} | {gbps} | {share} | {ratio(tri, eager)} | {ratio(tri, comp)} | {notes} |"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
