@@ -4,7 +4,8 @@
 Names follow Prometheus' conventions (``mipruner_`` prefix, underscores, unit suffixes; no colons,
 which are reserved for recording rules). Labels are bounded: ``model`` (the served model name the
 request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``) and
-``backend`` (``torch`` / ``triton``); never request ids.
+``backend`` (what ran: ``torch`` / ``triton``, ``mixed`` / ``none`` for a batch, ``none`` for an item that
+needed no scores); never request ids.
 
 Two kinds of process update them:
 
