@@ -106,6 +106,14 @@ elif not dry:
     sys.exit("gpu-check: no CUDA device visible to torch (use --dry-run on a CPU machine)")
 else:
     print("no CUDA device: dry run on CPU with the Triton interpreter")
+    try:
+        import numpy
+        old_triton = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
+        if old_triton and tuple(int(x) for x in numpy.__version__.split(".")[:2]) >= (2, 4):
+            print(f"warning: Triton {triton.__version__}'s interpreter fails with numpy "
+                  f"{numpy.__version__} (seen with 3.6.0 and 2.4.6; numpy 2.3 works)")
+    except (ImportError, ValueError):
+        pass
 PY
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv || true
@@ -116,8 +124,10 @@ SITE=$WORK/site
 mkdir -p "$SITE"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 PIP=("$PYTHON" -m pip --disable-pip-version-check --no-input)
-if "$PYTHON" -c "import pydantic, pydantic_settings, pytest, setuptools" 2>/dev/null; then
-  echo "pydantic, pydantic-settings, pytest and setuptools are importable: no wheels needed"
+# setuptools >= 70.1 builds wheels without the separate `wheel` package.
+if "$PYTHON" -c "import pydantic, pydantic_settings, pytest, setuptools
+assert tuple(int(x) for x in setuptools.__version__.split('.')[:2]) >= (70, 1)" 2>/dev/null; then
+  echo "pydantic, pydantic-settings, pytest and setuptools >= 70.1 are importable: no wheels needed"
 else
   if [ ! -d "$WHEELS" ]; then
     echo "gpu-check: some dependencies are missing and there is no wheel folder $WHEELS" >&2
