@@ -14,6 +14,7 @@ Triton interpreter so that the check cannot rot between GPU sessions.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -63,8 +64,19 @@ def _generator(device: str, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _overlap(got: torch.Tensor, want: torch.Tensor) -> float:
-    return len(set(got.tolist()) & set(want.tolist())) / max(1, want.numel())
+def assert_greedy_close(got: torch.Tensor, want: torch.Tensor, what: object = "") -> None:
+    """Greedy selections equal up to fp32 near ties.
+
+    At real sizes the best and second-best scores of some step are often closer than the fp32
+    difference between two summation orders (hundreds of steps, thousands of candidates), and
+    from there the two paths pick a near-equal token and may drift by a few more. A wrong kernel
+    differs far more (lambda = 1 vs 0.5 share well under half their picks). So: same size, and
+    at most max(2, 5 %) of the kept tokens differ.
+    """
+    k = want.numel()
+    assert got.numel() == k, (what, got.numel(), k)
+    differ = k - len(set(got.tolist()) & set(want.tolist()))
+    assert differ <= max(2, math.ceil(0.05 * k)), f"{what}: {differ} of {k} kept tokens differ"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
@@ -109,8 +121,7 @@ def test_varlen_batches_lambda1_and_greedy(items, max_v, max_t, dtype, device):
             assert_same_topk(kept[b], ref, reference.topk_indices(ref, k), k, SCORE_TOL[0])
         else:
             want = reference.select_mi(v, t, k, lam, tau, aggregation=agg)
-            # A greedy path can diverge after an fp32 near tie; the sets must stay near-identical.
-            assert _overlap(kept[b], want) >= 0.98, (b, sizes[b], k, lam, agg)
+            assert_greedy_close(kept[b], want, (b, sizes[b], k, lam, agg))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bfloat16"])
@@ -121,8 +132,7 @@ def test_video_greedy_without_the_rho_cache(dtype, device):
     visual, text = _randn(n_v, dim, dtype, device, g), _randn(n_t, dim, dtype, device, g)
     k = n_keep(n_v, keep_ratio=0.05)
     (kept,), _ = mi_prune([visual], [text], [k], [0.1], [0.5], gram_cache_bytes=None if ON_CUDA else 0)
-    want = reference.select_mi(visual, text, k, 0.5, 0.1)
-    assert _overlap(kept, want) >= 0.98
+    assert_greedy_close(kept, reference.select_mi(visual, text, k, 0.5, 0.1), "video")
 
 
 def test_greedy_cached_and_gemv_paths_agree(device):
@@ -133,8 +143,8 @@ def test_greedy_cached_and_gemv_paths_agree(device):
     ks = [n_v // 4, n_v // 10]
     cached, _ = mi_prune(visuals, texts, ks, [0.1, 0.1], [0.5, 0.2])
     gemv, _ = mi_prune(visuals, texts, ks, [0.1, 0.1], [0.5, 0.2], gram_cache_bytes=0)
-    for a, b in zip(cached, gemv, strict=True):
-        assert _overlap(a, b) >= 0.98
+    for b, (a, c) in enumerate(zip(cached, gemv, strict=True)):
+        assert_greedy_close(a, c, f"item {b}")
 
 
 def test_dispatcher_reports_triton_on_cuda(device):
@@ -152,10 +162,16 @@ def test_dispatcher_reports_triton_on_cuda(device):
     selection = select_batch(visuals, texts, params, backend=backend)
     assert selection.backends == ["triton", "triton", "none", "torch"]
     assert selection.label == "mixed"
-    want = select_batch([v.cpu() for v in visuals], [t.cpu() for t in texts], params, backend="torch")
-    for b, (got, ref) in enumerate(zip(selection.indices, want.indices, strict=True)):
-        assert got.device.type == device
-        assert _overlap(got.cpu(), ref) >= 0.98, b
+    # The torch backend on the same device: the divprune item is then the very same computation.
+    want = select_batch(visuals, texts, params, backend="torch")
+    assert want.backends == ["torch", "torch", "none", "torch"]
+    assert all(idx.device.type == device for idx in selection.indices)
+    scores = reference.cross_modal_scores(visuals[0], texts[0], 0.1)
+    k = want.indices[0].numel()
+    assert_same_topk(selection.indices[0], scores, want.indices[0], k, SCORE_TOL[0])
+    assert_greedy_close(selection.indices[1], want.indices[1], "greedy item")
+    for b in (2, 3):
+        assert torch.equal(selection.indices[b], want.indices[b]), b
 
 
 def test_warmup_leaves_nothing_to_compile(device):
