@@ -5,6 +5,7 @@
 #
 #   bash scripts/gpu-check.sh [--out DIR]        # on the CUDA machine
 #   bash scripts/gpu-check.sh --dry-run          # CPU: same steps, tiny shapes, Triton interpreter
+#   options: --python PY, --wheels DIR, --budget-s S (450), --fresh-triton-cache
 #
 # Steps:
 #   1. report the machine: GPU, driver, Python, torch (and its CUDA), Triton;
@@ -30,6 +31,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DRY_RUN=0
+FRESH_CACHE=0
 OUT=""
 PYTHON=${PYTHON:-}
 WHEELS=${GPU_CHECK_WHEELS:-$ROOT/wheelhouse/gpu-check}
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --python) PYTHON=$2; shift ;;
     --wheels) WHEELS=$2; shift ;;
     --budget-s) BUDGET_S=$2; shift ;;
+    --fresh-triton-cache) FRESH_CACHE=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -80,8 +83,10 @@ else
   TESTS=("$ROOT"/tests/kernel/{test_gpu,test_mi_select,test_mi_greedy}.py)
   BENCH=(--preset gpu-check)
 fi
-# A fresh Triton cache, so compile failures show here and not in a later run.
-export TRITON_CACHE_DIR=$WORK/triton-cache TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}
+# Triton's default cache is kept (it may hold launcher stubs that need a C compiler to rebuild);
+# --fresh-triton-cache compiles everything anew in a scratch cache.
+if [ "$FRESH_CACHE" = 1 ]; then export TRITON_CACHE_DIR=$WORK/triton-cache; fi
+export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}
 
 step "machine"
 "$PYTHON" - "$DRY_RUN" <<'PY'
@@ -98,6 +103,14 @@ try:
     print("triton", triton.__version__)
 except ImportError:
     sys.exit("gpu-check: triton is not importable by this Python")
+# Triton builds its CUDA launcher stubs with a C compiler and Python's headers (then caches them).
+import shutil, sysconfig
+from pathlib import Path
+cc = shutil.which("gcc") or shutil.which("clang")
+headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+print(f"C compiler: {cc or 'none found'}; Python.h: {'found' if headers else 'missing'}")
+if not (cc and headers) and not dry:
+    print("warning: Triton needs a C compiler and Python.h for launchers not in its cache")
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"GPU {p.name}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB,"
