@@ -17,14 +17,14 @@ Routing, for ``backend``:
 
 On the Triton path each item goes to the first rule that applies:
 
-1. nothing to score (``method="none"`` or a budget that keeps every token): ``arange(N_V)``;
+1. nothing to score: ``method="none"`` or a budget that keeps every token (``arange(N_V)``), or a
+   text-conditioned method without query text (``N_T = 0``: the uniform-stride rule);
 2. a method or switch with no kernel (anything but ``method="mi"`` with softmax normalisation):
    the torch reference, logged once per reason;
-3. no query text (``N_T = 0``): the uniform-stride rule of the reference (index arithmetic);
-4. otherwise the kernels: all such items of one (dtype, hidden size, device) in one packed
+3. otherwise the kernels: all such items of one (dtype, hidden size, device) in one packed
    launch per phase, lambda = 1 and lambda < 1 items together.
 
-Items of rules 1 and 3 need no scoring and are labelled ``"none"``. The result equals the torch
+Items of rule 1 need no scoring and are labelled ``"none"``, on either path. The result equals the torch
 reference item by item (up to fp32 rounding on near-ties). This module imports triton only
 inside the Triton path, so the torch path works where triton is missing; it imports nothing
 from :mod:`mipruner_vllm.pruning.select`, which calls it.
@@ -146,17 +146,13 @@ def _triton_batch(
     backends: list[RanOn] = ["none"] * len(visuals)
     groups: dict[tuple, list[int]] = {}
     for b, (v, t, p) in enumerate(zip(visuals, texts, params, strict=True)):
-        n = v.shape[0]
-        k = p.n_keep(n)
         supported, reason = kernel_supports(p)
-        if p.method == "none" or k == n:
-            indices[b] = torch.arange(n, dtype=torch.int64, device=v.device)
+        if _needs_no_scores(v, t, p):  # arange or the uniform stride: index arithmetic only
+            indices[b] = select_reference(v, t, p)
         elif not supported:
             announce("torch", f"fallback per item: {reason}")
             indices[b] = select_reference(v, t, p)
             backends[b] = "torch"
-        elif t.shape[0] == 0:
-            indices[b] = reference.uniform_stride(n, k, v.device)
         else:
             dtype = v.dtype if v.dtype == t.dtype else torch.float32
             groups.setdefault((dtype, v.shape[1], v.device), []).append(b)

@@ -184,6 +184,21 @@ def test_cpu_items_report_torch_or_none(backend):
         assert torch.equal(a, b)
 
 
+def test_items_without_scores_are_none_on_both_paths(monkeypatch):
+    """No query text under a text-conditioned method without a kernel: ``none``, not a fallback."""
+    g = torch.Generator().manual_seed(1)
+    visuals = [torch.randn(20, 16, generator=g) for _ in range(2)]
+    texts = [torch.zeros(0, 16), torch.zeros(0, 16)]
+    params = [resolve_params(keep_ratio=0.5, method="similarity"),
+              resolve_params(keep_ratio=0.5, method="trimtokenator")]  # fmt: skip
+    assert dispatch(visuals, texts, params, "torch").backends == ["none", "none"]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the Triton path, on CPU; no kernel is needed
+    selection = dispatch(visuals, texts, params, "triton")
+    assert selection.backends == ["none", "none"]
+    for got in selection.indices:
+        assert torch.equal(got, reference.uniform_stride(20, 10))
+
+
 def test_batch_label():
     assert Selection([], ["triton", "none", "triton"]).label == "triton"
     assert Selection([], ["torch", "triton"]).label == "mixed"
