@@ -152,9 +152,15 @@ else
     -r scripts/gpu-check-requirements.txt
 fi
 # The checkout itself, as users install it, without its dependencies (vLLM, prometheus-client and
-# typer are not needed by the kernels and their tests). Built in place with the setuptools found
-# above (no download); the build folders are git-ignored.
-"${PIP[@]}" install -q --no-deps --no-index --no-build-isolation --target "$SITE" "$ROOT"
+# typer are not needed by the kernels and their tests). Built with the setuptools found above (no
+# download) from a copy of the package sources, so no stale build/ folder can leak old modules
+# into the install and the checkout is left as it was.
+SRC=$WORK/src
+mkdir -p "$SRC"
+cp -R "$ROOT"/pyproject.toml "$ROOT"/README.md "$ROOT"/mipruner_vllm "$ROOT"/kernels "$ROOT"/server "$SRC"/
+find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
+rm -rf "$SITE/bin"  # the wheels' console scripts: unused (python -m), and pip warns on a second bin/
+"${PIP[@]}" install -q --no-deps --no-index --no-build-isolation --target "$SITE" "$SRC"
 # From here on Python runs outside the checkout: its source folder mipruner_vllm/ (first on
 # sys.path when run from the root) lacks the kernels and server that the install maps into it.
 cd "$WORK"
