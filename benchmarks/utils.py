@@ -53,6 +53,53 @@ def triton_version() -> str:
         return "missing"
 
 
+def driver_version() -> str:
+    """The NVIDIA driver version (``nvidia-smi``), or why it is unknown."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (nvidia-smi failed)"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+#: Peak DRAM bandwidth (bytes/s) by device-name substring, most specific first: the fallback
+#: when the device properties do not carry the memory clock and bus width.
+PEAK_BANDWIDTH_BY_NAME = (
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("L40S", 0.864e12),
+)
+
+
+def peak_bandwidth() -> tuple[float | None, str]:
+    """``(bytes/s, source)`` of the current CUDA device's peak DRAM bandwidth.
+
+    From the device properties where torch exposes them (2 transfers per memory clock x bus
+    width: HBM and GDDR are double data rate), else from :data:`PEAK_BANDWIDTH_BY_NAME`.
+    """
+    if not torch.cuda.is_available():
+        return None, "no CUDA device"
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    clock_khz = getattr(props, "memory_clock_rate", 0) or 0
+    bus_bits = getattr(props, "memory_bus_width", 0) or 0
+    if clock_khz and bus_bits:
+        return 2.0 * clock_khz * 1e3 * bus_bits / 8, "device properties (2 x memory clock x bus width)"
+    for key, peak in PEAK_BANDWIDTH_BY_NAME:
+        if key in props.name:
+            return peak, f"data sheet value for {key}"
+    return None, f"unknown for {props.name}"
+
+
 @dataclass
 class BenchmarkRow:
     """One measurement; the CSV header is these field names."""
@@ -70,6 +117,15 @@ class BenchmarkRow:
     ms_p80: float
     note: str = ""
     device: str = ""
+    #: Items per call (a packed varlen batch for the kernels, a loop for torch).
+    batch: int = 1
+    mi_lambda: float = 1.0
+    #: Compulsory traffic of one call: V and T read once, in bytes (empty where not computed).
+    bytes_moved: int | str = ""
+    #: bytes_moved / p50 time, and that as a share of the device's peak DRAM bandwidth.
+    achieved_gbps: float | str = ""
+    peak_share: float | str = ""
+    driver: str = ""
     torch: str = field(default_factory=lambda: torch.__version__)
     triton: str = field(default_factory=triton_version)
     commit: str = field(default_factory=git_commit)
@@ -77,13 +133,24 @@ class BenchmarkRow:
 
 
 def append_rows(path: Path, rows: list) -> None:
-    """Append dataclass rows to ``path`` (accumulated, never overwritten); header on first write."""
+    """Append dataclass rows to ``path`` (accumulated, never overwritten); header on first write.
+
+    Refuses to append to a CSV whose header has other columns (it would misalign every row).
+    """
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    names = [fl.name for fl in fields(rows[0])]
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != names:
+            raise ValueError(
+                f"{path} has columns {header}, these rows have {names}: write to another file"
+            )
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(rows[0])])
+        writer = csv.DictWriter(f, fieldnames=names)
         if new:
             writer.writeheader()
         for row in rows:

@@ -97,7 +97,8 @@ def configurations() -> list[KernelConfig]:
                 {"BLOCK_V": s.BLOCK_V, "BLOCK_C": g.BLOCK_C, "BLOCK_D": s.BLOCK_D,
                  "FP32_INPUT": fp32, "UPCAST_DOT": False, "STORE_GRAM": gram}, s.DOT_NUM_WARPS)  # fmt: skip
             add("mi_greedy", g._mi_greedy_kernel, tensors,
-                {"BLOCK_R": g.BLOCK_R, "BLOCK_D": g.BLOCK_DG, "USE_GRAM": gram}, 4)  # fmt: skip
+                {"BLOCK_R": g.BLOCK_R, "BLOCK_D": g.BLOCK_DG, "USE_GRAM": gram},
+                g.GREEDY_NUM_WARPS)  # fmt: skip
     for block_t in block_ts:
         add("mi_marginal", s._mi_marginal_kernel, {}, {"BLOCK_V": s.BLOCK_V, "BLOCK_T": block_t}, 1)
         add(

@@ -2,7 +2,7 @@
 """Fused MI-Pruner cross-modal scores and top-k (lambda = 1) over a packed varlen batch.
 
 Per item b with visual tokens V_b (N_V x d) and query tokens T_b (N_T x d), MI-Pruner
-(paper Sec. 3.2, DESIGN.md 2.1) scores every visual token by
+(arXiv 2604.03072, Sec. 3.2) scores every visual token by
 
     rho_ij        = v~_i . t~_j / tau,  x~ = x / max(||x||, 1e-12)            (Eq. 15)
     log p(t_j|v_i) = rho_ij - logsumexp_j' rho_ij'                            (Eq. 16)
@@ -43,13 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mipruner_vllm.kernels._runtime import (
-    PackedItems,
-    block_table,
-    host_tensor,
-    pack_items,
-    upcast_dot,
-)
+from mipruner_vllm.kernels._runtime import PackedItems, block_table, host_tensor, upcast_dot
 
 #: Rows of an item per program in the row-blocked phases.
 BLOCK_V = 64
@@ -459,40 +453,3 @@ def check_offsets(packed: PackedItems) -> None:
                 f"item {b} ({nv} visual x {nt} text tokens, hidden {packed.dim}) exceeds the kernels' "
                 "int32 in-item offsets (N x d and N_V x N_T must stay below 2^31)"
             )
-
-
-def aggregation_codes(
-    aggregation: list[str] | None, size: int, device: torch.device
-) -> torch.Tensor:
-    """Per-item aggregation flags (``None``: max for every item) as an int32 device tensor."""
-    names = ["max"] * size if aggregation is None else list(aggregation)
-    if len(names) != size or any(a not in AGGREGATION_CODES for a in names):
-        raise ValueError(
-            f"need one aggregation in {sorted(AGGREGATION_CODES)} per item, got {names!r}"
-        )
-    return host_tensor([AGGREGATION_CODES[a] for a in names], torch.int32, device)
-
-
-def mi_select(
-    visuals: list[torch.Tensor],
-    texts: list[torch.Tensor],
-    n_keep: list[int],
-    tau: list[float],
-    aggregation: list[str] | None = None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """MI-Pruner with lambda = 1 for a batch of items: ``(kept indices, S_cross)`` per item.
-
-    Four launches for the whole batch (phases 1-4 of the module docstring). ``aggregation`` is
-    ``"max"`` (default, Eq. 19) or ``"mean"`` (Eq. 21) per item. Indices are int64, ascending,
-    exactly ``n_keep[b]`` long; scores are float32 ``(N_V,)``.
-    """
-    packed = pack_items(visuals, texts)
-    check_budgets(packed, n_keep)
-    device = packed.visual.device
-    tau_t = host_tensor(tau, torch.float32, device)
-    scores, _ = cross_scores_packed(
-        packed, tau_t, aggregation_codes(aggregation, packed.size, device)
-    )
-    indices = topk_packed(scores, packed, n_keep, list(range(packed.size)))
-    offsets = _cumulative(list(packed.n_visual))
-    return indices, [scores[offsets[b] : offsets[b + 1]] for b in range(packed.size)]

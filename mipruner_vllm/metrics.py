@@ -4,7 +4,8 @@
 Names follow Prometheus' conventions (``mipruner_`` prefix, underscores, unit suffixes; no colons,
 which are reserved for recording rules). Labels are bounded: ``model`` (the served model name the
 request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``) and
-``backend`` (``torch`` / ``triton``); never request ids.
+``backend`` (what ran: ``torch`` / ``triton``, ``mixed`` / ``none`` for a batch, ``none`` for an item that
+needed no scores); never request ids.
 
 Two kinds of process update them:
 
@@ -22,6 +23,8 @@ variable the API-server metrics still show up (default registry) and worker metr
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -83,11 +86,18 @@ BACKEND_INFO = Gauge(
 )
 
 
-def observe_selection(seconds: float, backend: str, n_items: int) -> None:
-    """Record one batched selection; called by the plugin in the worker, where it ran."""
-    SELECTION_SECONDS.labels(backend=backend).observe(seconds)
-    SELECTED_ITEMS.labels(backend=backend).inc(n_items)
-    BACKEND_INFO.labels(backend=backend).set(1)
+def observe_selection(seconds: float, label: str, backends: Sequence[str]) -> None:
+    """Record one batched selection; called by the plugin in the worker, where it ran.
+
+    ``backends`` says what produced each item (``triton``, ``torch``, or ``none`` when no scoring
+    was needed), as reported by the dispatcher; ``label`` is the batch's (``mixed`` when both
+    backends ran in it).
+    """
+    SELECTION_SECONDS.labels(backend=label).observe(seconds)
+    for backend, count in collections.Counter(backends).items():
+        SELECTED_ITEMS.labels(backend=backend).inc(count)
+        if backend != "none":
+            BACKEND_INFO.labels(backend=backend).set(1)
 
 
 def record_request(model: str, outcome: RequestOutcome) -> None:

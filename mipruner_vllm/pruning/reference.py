@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pure-torch selection algorithms of DESIGN.md section 2.
+"""Pure-torch selection algorithms: MI-Pruner (arXiv 2604.03072), TrimTokenator (arXiv
+2509.00320) and the baselines (similarity, random, DivPrune).
 
 This module is three things at once: the oracle the Triton kernels are tested against, the CPU
 path used in production when there is no GPU, and the baseline of the selection benchmark. It
 imports only torch.
 
-Conventions shared by every function here (the output contract of DESIGN.md 2.1):
+Conventions shared by every function here (the output contract of every method):
 
 * math in float32 whatever the input dtype (inputs are cast once, on their own device);
 * ``x~ = x / max(||x||, 1e-12)``: a zero vector stays zero, so it has cosine 0 with every token

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Public selection API: :func:`select_tokens` for one item, :func:`select_tokens_batch` for many.
 
-Both validate their inputs, resolve defaults from the settings object, apply the budget rule
-(DESIGN.md 2.4) and dispatch to a backend: the Triton kernels for CUDA tensors when they support
-the request, the torch reference otherwise (see :mod:`mipruner_vllm.pruning.backend`).
+All three entries validate their inputs, resolve defaults from the settings object, apply the
+budget rule (:func:`~mipruner_vllm.params.n_keep`) and hand the batch to the one dispatcher,
+:func:`mipruner_vllm.pruning.dispatch.dispatch`: the Triton kernels for CUDA tensors when they
+support the request, the torch reference otherwise. :func:`select_batch` also says which
+backend produced each item (what the vLLM worker reports in its metrics).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Sequence
 import torch
 
 from mipruner_vllm.config import get_settings
-from mipruner_vllm.errors import PruningInputError, PruningParameterError
-from mipruner_vllm.params import PruningParams, n_keep, resolve_params
-from mipruner_vllm.pruning import reference
+from mipruner_vllm.errors import PruningInputError
+from mipruner_vllm.params import PruningParams, resolve_params
+from mipruner_vllm.pruning.dispatch import Selection, dispatch, select_reference
+
+__all__ = ["Selection", "select_batch", "select_reference", "select_tokens", "select_tokens_batch"]
 
 
 def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | None = None) -> None:
@@ -53,28 +57,6 @@ def check_finite(visuals: Sequence[torch.Tensor], texts: Sequence[torch.Tensor])
         for name, x in (("visual", v), ("text", t)):
             if x.numel() and not bool(torch.isfinite(x).all()):
                 raise PruningInputError(f"{name}{where} contains NaN or inf values")
-
-
-def select_reference(visual: torch.Tensor, text: torch.Tensor, params: PruningParams) -> torch.Tensor:
-    """The torch path for one checked item: kept indices, ascending, ``params.n_keep(N_V)`` long."""
-    n = visual.shape[0]
-    k = params.n_keep(n)
-    if params.method == "none" or k == n:
-        return torch.arange(n, dtype=torch.int64, device=visual.device)
-    if params.method == "mi":
-        return reference.select_mi(
-            visual, text, k, params.mi_lambda, params.mi_tau, params.aggregation, params.normalization
-        )
-    if params.method == "similarity":
-        return reference.select_similarity(visual, text, k)
-    if params.method == "random":
-        return reference.select_random(n, k, params.seed, visual.device)
-    if params.method == "divprune":
-        return reference.select_divprune(visual, k)
-    if params.method == "trimtokenator":
-        stage1 = n_keep(n, keep_ratio=params.trim_stage1_ratio)
-        return reference.select_trimtokenator(visual, text, k, stage1)
-    raise PruningParameterError("method", f"unknown method {params.method!r}")  # unreachable: validated
 
 
 def select_tokens(
@@ -116,6 +98,31 @@ def select_tokens(
     return select_tokens_batch([visual], [text], params, backend=backend)[0]
 
 
+def select_batch(
+    visuals: Sequence[torch.Tensor],
+    texts: Sequence[torch.Tensor],
+    params: PruningParams | Sequence[PruningParams],
+    *,
+    backend: str | None = None,
+) -> Selection:
+    """:func:`select_tokens_batch` that also reports which backend produced each item.
+
+    Returns a :class:`~mipruner_vllm.pruning.dispatch.Selection`: ``indices`` (one tensor per
+    item, in item order) and ``backends`` (``"triton"``, ``"torch"`` or ``"none"`` per item).
+    """
+    if len(visuals) != len(texts):
+        raise PruningInputError(f"got {len(visuals)} visual items but {len(texts)} text items")
+    if isinstance(params, PruningParams):
+        params = [params] * len(visuals)
+    elif len(params) != len(visuals):
+        raise PruningInputError(f"got {len(visuals)} items but {len(params)} parameter sets")
+    for i, (v, t) in enumerate(zip(visuals, texts, strict=True)):
+        check_embeddings(v, t, item=i if len(visuals) > 1 else None)
+    check_finite(visuals, texts)
+    backend = backend if backend is not None else get_settings().backend
+    return dispatch(list(visuals), list(texts), list(params), backend)
+
+
 def select_tokens_batch(
     visuals: Sequence[torch.Tensor],
     texts: Sequence[torch.Tensor],
@@ -130,16 +137,4 @@ def select_tokens_batch(
     (build them with :func:`~mipruner_vllm.params.resolve_params`). Returns one index tensor per
     item, in item order.
     """
-    from mipruner_vllm.pruning.backend import run_batch  # local: keeps import order acyclic
-
-    if len(visuals) != len(texts):
-        raise PruningInputError(f"got {len(visuals)} visual items but {len(texts)} text items")
-    if isinstance(params, PruningParams):
-        params = [params] * len(visuals)
-    elif len(params) != len(visuals):
-        raise PruningInputError(f"got {len(visuals)} items but {len(params)} parameter sets")
-    for i, (v, t) in enumerate(zip(visuals, texts, strict=True)):
-        check_embeddings(v, t, item=i if len(visuals) > 1 else None)
-    check_finite(visuals, texts)
-    backend = backend if backend is not None else get_settings().backend
-    return run_batch(list(visuals), list(texts), list(params), backend)
+    return select_batch(visuals, texts, params, backend=backend).indices

@@ -7,7 +7,7 @@ import pytest
 import torch
 from kernel_helpers import TOLERANCES, assert_close_verbose, make_item
 
-from mipruner_vllm.kernels.mi_greedy import mi_greedy
+from mipruner_vllm.kernels.launch import mi_prune
 from mipruner_vllm.pruning import reference
 
 pytestmark = pytest.mark.kernel
@@ -50,7 +50,7 @@ def test_parity_with_oracle(case, dtype, path, device):
     ks = [it[2] for it in items]
     lams = [it[3] for it in items]
     taus = [it[4] for it in items]
-    kept, scores = mi_greedy(
+    kept, scores = mi_prune(
         list(visuals), list(texts), ks, taus, lams, gram_cache_bytes=STEP_PATHS[path]
     )
     for v, t, k, lam, tau, got, got_scores in zip(
@@ -71,15 +71,32 @@ def test_redundancy_changes_the_selection(device):
     best = int(reference.cross_modal_scores(visual, text, 0.1).argmax())
     visual[15] = visual[best] * 1.001  # a near copy of the best token
     visual, text = visual.to(device), text.to(device)
-    (greedy,), _ = mi_greedy([visual], [text], [4], [0.1], [0.5])
+    (greedy,), _ = mi_prune([visual], [text], [4], [0.1], [0.5])
     assert torch.equal(greedy.cpu(), reference.select_mi(visual.cpu(), text.cpu(), 4, 0.5, 0.1))
     assert not {best, 15} <= set(greedy.tolist())
 
 
-def test_lambda_must_be_below_one(device):
+def test_launcher_rejects_bad_per_item_values(device):
+    """The launcher validates its numbers per item (host-side) and names the item."""
     visual, text = make_item(5, 2, 16, torch.float32, 0, device)
-    with pytest.raises(ValueError, match="lambda"):
-        mi_greedy([visual], [text], [2], [0.1], [1.0])
+    with pytest.raises(ValueError, match="item 0: mi_lambda"):
+        mi_prune([visual], [text], [2], [0.1], [1.5])
+    with pytest.raises(ValueError, match="item 0: tau"):
+        mi_prune([visual], [text], [2], [0.0], [0.5])
+    with pytest.raises(ValueError, match="item 0: aggregation"):
+        mi_prune([visual], [text], [2], [0.1], [0.5], ["min"])
+    with pytest.raises(ValueError, match="values of mi_lambda"):
+        mi_prune([visual], [text], [2], [0.1], [0.5, 0.5])
+
+
+def test_lambda_one_and_below_share_one_call(device):
+    """lambda = 1 items take the top-k phase, lambda < 1 items the greedy search, in one call."""
+    items = [make_item(30, 3, 24, torch.float32, 40 + i, device) for i in range(3)]
+    visuals, texts = (list(x) for x in zip(*items, strict=True))
+    lams = [1.0, 0.4, 1.0]
+    kept, _ = mi_prune(visuals, texts, [7, 7, 3], [0.1, 0.1, 0.2], lams)
+    for v, t, k, lam, tau, got in zip(visuals, texts, [7, 7, 3], lams, [0.1, 0.1, 0.2], kept, strict=True):
+        assert torch.equal(got.cpu(), reference.select_mi(v.cpu(), t.cpu(), k, lam, tau))
 
 
 @pytest.mark.parametrize(
@@ -95,7 +112,7 @@ def test_mean_aggregation_parity(case, dtype, path, device):
     )
     ks, lams, taus = ([it[j] for it in items] for j in (2, 3, 4))
     aggs = ["mean" if i % 2 == 0 else "max" for i in range(len(items))]
-    kept, _ = mi_greedy(
+    kept, _ = mi_prune(
         list(visuals), list(texts), ks, taus, lams, aggs, gram_cache_bytes=STEP_PATHS[path]
     )
     for v, t, k, lam, tau, agg, got in zip(visuals, texts, ks, lams, taus, aggs, kept, strict=True):

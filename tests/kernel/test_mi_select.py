@@ -18,10 +18,11 @@ from kernel_helpers import TOLERANCES, assert_close_verbose, assert_same_topk, m
 
 from mipruner_vllm.errors import KernelUnavailableError
 from mipruner_vllm.kernels._runtime import pack_items
-from mipruner_vllm.kernels.mi_select import mi_select, topk_packed
+from mipruner_vllm.kernels.launch import mi_prune
+from mipruner_vllm.kernels.mi_select import topk_packed
 from mipruner_vllm.params import resolve_params
 from mipruner_vllm.pruning import reference
-from mipruner_vllm.pruning.select import select_tokens, select_tokens_batch
+from mipruner_vllm.pruning.select import select_batch, select_tokens, select_tokens_batch
 
 pytestmark = pytest.mark.kernel
 
@@ -46,7 +47,7 @@ def _run_case(items, dim, dtype, device, tau=0.1, seed=0):
     )
     ks = [k for _, _, k in items]
     taus = [tau * (1 + 0.5 * i) for i in range(len(items))]  # per-item temperatures
-    return visuals, texts, ks, taus, mi_select(list(visuals), list(texts), ks, taus)
+    return visuals, texts, ks, taus, mi_prune(list(visuals), list(texts), ks, taus)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
@@ -99,7 +100,7 @@ def test_zero_vectors_and_negative_zero(device):
     visual, text = make_item(20, 3, 16, torch.float32, 5, device)
     visual[4] = 0.0
     visual[9] = -0.0
-    (got,), (scores,) = mi_select([visual], [text], [8], [0.1])
+    (got,), (scores,) = mi_prune([visual], [text], [8], [0.1])
     ref_scores = reference.cross_modal_scores(visual.cpu(), text.cpu(), 0.1)
     assert_close_verbose(scores, ref_scores, 1e-4, 1e-5)
     assert_same_topk(got, ref_scores, reference.topk_indices(ref_scores, 8), 8, 1e-4)
@@ -109,7 +110,7 @@ def test_deterministic(device):
     visuals, texts, ks, taus, (kept1, scores1) = _run_case(
         [(50, 6, 12), (33, 3, 5)], 40, torch.bfloat16, device
     )
-    kept2, scores2 = mi_select(list(visuals), list(texts), ks, taus)
+    kept2, scores2 = mi_prune(list(visuals), list(texts), ks, taus)
     for a, b in zip(kept1 + scores1, kept2 + scores2, strict=True):
         assert torch.equal(a, b)
 
@@ -117,14 +118,14 @@ def test_deterministic(device):
 def test_bad_budgets_are_rejected(device):
     visual, text = make_item(5, 2, 16, torch.float32, 0, device)
     with pytest.raises(ValueError, match="n_keep"):
-        mi_select([visual], [text], [6], [0.1])
+        mi_prune([visual], [text], [6], [0.1])
     with pytest.raises(ValueError, match="text token"):
-        mi_select([visual], [text[:0]], [2], [0.1])
+        mi_prune([visual], [text[:0]], [2], [0.1])
 
 
 def test_select_tokens_backend_triton_matches_torch(device, caplog):
     """The public API with backend='triton' equals backend='torch' on a mixed batch."""
-    caplog.set_level(logging.INFO, logger="mipruner_vllm.pruning.backend")
+    caplog.set_level(logging.INFO, logger="mipruner_vllm.pruning.dispatch")
     items = [
         (50, 4, 32),
         (33, 2, 24),
@@ -133,6 +134,7 @@ def test_select_tokens_backend_triton_matches_torch(device, caplog):
         (9, 5, 32),
         (40, 6, 32),
         (12, 3, 32),
+        (25, 4, 32),
     ]
     params = [
         resolve_params(keep_ratio=0.3),
@@ -140,20 +142,26 @@ def test_select_tokens_backend_triton_matches_torch(device, caplog):
         resolve_params(keep_ratio=0.5, method="divprune"),  # no kernel: torch fallback
         resolve_params(keep_ratio=0.5),  # N_T = 0: uniform stride
         resolve_params(keep_ratio=1.0),  # keeps everything
-        resolve_params(keep_ratio=0.25, aggregation="mean"),  # no kernel: torch fallback
+        resolve_params(keep_ratio=0.25, aggregation="mean"),  # Eq. (21): kernels too
         resolve_params(keep_tokens=3, mi_lambda=0.0),
+        resolve_params(keep_ratio=0.5, normalization="minmax"),  # no kernel: torch fallback
     ]
     visuals, texts = zip(
         *(make_item(nv, nt, d, torch.float32, i, device) for i, (nv, nt, d) in enumerate(items)),
         strict=True,
     )
     # The pack needs one hidden size per group; item 1 has its own (24) and gets its own launch.
-    got = select_tokens_batch(list(visuals), list(texts), params, backend="triton")
+    selection = select_batch(list(visuals), list(texts), params, backend="triton")
     want = select_tokens_batch(
         [v.cpu() for v in visuals], [t.cpu() for t in texts], params, backend="torch"
     )
-    for g, w in zip(got, want, strict=True):
+    for g, w in zip(selection.indices, want, strict=True):
         assert torch.equal(g.cpu(), w)
+    # What ran each item, as the dispatcher reports it (the worker's metrics label).
+    assert selection.backends == [
+        "triton", "triton", "torch", "none", "none", "triton", "triton", "torch"
+    ]  # fmt: skip
+    assert selection.label == "mixed"
     messages = " | ".join(r.getMessage() for r in caplog.records)
     assert "selection backend: triton" in messages
     assert "fallback per item" in messages
@@ -186,7 +194,7 @@ def test_forced_triton_without_cuda_or_interpreter_raises(device, monkeypatch):
 def test_extreme_temperatures(tau, device):
     """tau at the validated limits: logits up to +-1000 stay finite in log space (Eqs. 16-17)."""
     visual, text = make_item(45, 6, 24, torch.float32, 7, device)
-    (got,), (scores,) = mi_select([visual], [text], [11], [tau])
+    (got,), (scores,) = mi_prune([visual], [text], [11], [tau])
     ref_scores = reference.cross_modal_scores(visual.cpu(), text.cpu(), tau)
     assert torch.isfinite(scores).all()
     atol = 1e-4 * max(1.0, 1.0 / tau)  # the scores scale with 1/tau
@@ -205,7 +213,7 @@ def test_consecutive_views_are_packed_without_a_copy(device):
     gapped = pack_items([buffer[:40], buffer[41:]], texts[::2])  # not consecutive: copied
     assert gapped.visual.data_ptr() != buffer.data_ptr()
     assert torch.equal(gapped.visual, torch.cat([buffer[:40], buffer[41:]]))
-    kept, _ = mi_select(visuals, texts, [10, 1, 12], [0.1, 0.1, 0.1])
+    kept, _ = mi_prune(visuals, texts, [10, 1, 12], [0.1, 0.1, 0.1])
     for v, t, k, got in zip(visuals, texts, [10, 1, 12], kept, strict=True):
         assert torch.equal(got.cpu(), reference.select_mi(v.cpu(), t.cpu(), k))
 
@@ -213,7 +221,7 @@ def test_consecutive_views_are_packed_without_a_copy(device):
 def test_mixed_dtypes_are_packed_in_fp32(device):
     visual, _ = make_item(30, 1, 16, torch.bfloat16, 2, device)
     _, text = make_item(1, 4, 16, torch.float32, 3, device)
-    (got,), (scores,) = mi_select([visual], [text], [9], [0.1])
+    (got,), (scores,) = mi_prune([visual], [text], [9], [0.1])
     ref_scores = reference.cross_modal_scores(visual.cpu(), text.cpu(), 0.1)
     assert_close_verbose(scores, ref_scores, *TOLERANCES[torch.float32])
     assert_same_topk(got, ref_scores, reference.topk_indices(ref_scores, 9), 9, 1e-4)
@@ -256,7 +264,7 @@ def test_mean_aggregation_parity(case, dtype, device):
     )
     ks = [k for _, _, k in items]
     aggs = ["mean" if i % 2 == 0 else "max" for i in range(len(items))]
-    kept, scores = mi_select(list(visuals), list(texts), ks, [0.1] * len(items), aggs)
+    kept, scores = mi_prune(list(visuals), list(texts), ks, [0.1] * len(items), aggregation=aggs)
     atol, rtol = TOLERANCES[dtype]
     for v, t, k, agg, got, got_scores in zip(visuals, texts, ks, aggs, kept, scores, strict=True):
         ref = reference.cross_modal_scores(v.cpu(), t.cpu(), 0.1, aggregation=agg)

@@ -19,7 +19,11 @@ from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMi
 
 pytestmark = pytest.mark.unit
 
-select_frames = MIPrunerModelMixin._mipruner_select_frames
+
+
+def select_frames(*args):
+    """Each item's selected rows (the mixin also reports the backends: see the last test)."""
+    return MIPrunerModelMixin._mipruner_select_frames(*args).indices
 
 
 def _item(rows: int, hidden: int = 16, seed: int = 0) -> torch.Tensor:
@@ -110,3 +114,16 @@ def test_deepstack_columns_follow_the_kept_rows_and_are_not_scored() -> None:
     noisy[:, hidden:] = _item(24, hidden * levels, seed=8)
     again = _Model(table)._mipruner_select([EncodedItem("image", noisy, hidden)], {"image": fields["image"]})[0]
     assert torch.equal(again, noisy[expected])
+
+
+def test_each_item_reports_the_backend_that_ran_it() -> None:
+    """The worker's metrics label comes from the dispatcher: on CPU tensors the torch reference,
+    ``none`` for an item that needed no scores (no query text), whatever its frame count."""
+    params = resolve_params(keep_ratio=0.25)
+    no_text = torch.zeros(0, 16)
+    selection = MIPrunerModelMixin._mipruner_select_frames(
+        [1, 3, 2], [_item(20), _item(36, seed=1), _item(24, seed=2)], [_item(4), _item(4), no_text],
+        [params, params, params],
+    )
+    assert selection.backends == ["torch", "torch", "none"]
+    assert selection.label == "torch"

@@ -7,7 +7,7 @@ the batch exactly as stock vLLM does (vision tower + projector) and describes ea
 
 1. embeds every item's query tokens with the LLM's own *input* embedding table
    (``get_language_model().embed_input_ids``; tensor-parallel safe), in one call;
-2. calls :func:`~mipruner_vllm.pruning.select.select_tokens_batch` once for all pruned items of
+2. calls :func:`~mipruner_vllm.pruning.select.select_batch` once for all pruned items of
    the batch (Triton kernels on CUDA, torch reference on CPU), scoring on the first
    ``score_dim`` columns (Qwen3-VL appends deepstack features after them); an item of several
    frames with fixed per-frame placeholder counts (Qwen3-VL video) is selected frame by frame in
@@ -40,7 +40,7 @@ from mipruner_vllm.integration.fields import decode_params, params_field, text_f
 from mipruner_vllm.integration.mrope import POSITION_COLUMNS, encode_positions
 from mipruner_vllm.metrics import observe_selection
 from mipruner_vllm.params import request_fields
-from mipruner_vllm.pruning.select import select_tokens_batch
+from mipruner_vllm.pruning.select import Selection, select_batch
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ class MIPrunerModelMixin:
                 visuals.append(item.embeds[rows, : item.score_dim])
             texts = self._mipruner_embed_texts([per_item[k][1] for k in todo], visuals)  # type: ignore[index]
             params = [per_item[k][0] for k in todo]  # type: ignore[index]
-            selections = self._mipruner_select_frames([items[k].frames for k in todo], visuals, texts, params)
-            for k, rows, sel in zip(todo, selectable_rows, selections, strict=True):
+            selection = self._mipruner_select_frames([items[k].frames for k in todo], visuals, texts, params)
+            for k, rows, sel in zip(todo, selectable_rows, selection.indices, strict=True):
                 item = items[k]
                 chosen = rows[sel.to(rows.device)]
                 if item.fixed is not None:
@@ -140,8 +140,7 @@ class MIPrunerModelMixin:
                     chosen = torch.sort(torch.cat([chosen, fixed_rows])).values
                 kept[k] = chosen
             elapsed = time.perf_counter() - started
-            backend = "triton" if visuals[0].is_cuda and get_settings().backend != "torch" else "torch"
-            observe_selection(elapsed, backend, len(todo))
+            observe_selection(elapsed, selection.label, selection.backends)  # what ran, per item
             debug_dir = get_settings().debug_dir
             if debug_dir:
                 path = Path(debug_dir) / "selections.jsonl"
@@ -175,12 +174,13 @@ class MIPrunerModelMixin:
     @staticmethod
     def _mipruner_select_frames(
         frames: list[int], visuals: list[torch.Tensor], texts: list[torch.Tensor], params: list[Any]
-    ) -> list[torch.Tensor]:
+    ) -> Selection:
         """One batched selection for all items; an item of several frames selects per frame.
 
         A frame is scored against the item's query like an item of its own, with the frame's share
         of the item budget (``n_keep_per_frame``) as an absolute budget; the random baseline gets
-        ``seed + frame`` so frames do not repeat one pattern. Returns each item's selected rows.
+        ``seed + frame`` so frames do not repeat one pattern. Returns each item's selected rows and
+        the backend that ran it (a frame that needed no scoring does not change an item's label).
         """
         unit_visuals, unit_texts, unit_params, owners = [], [], [], []
         for j, (n_frames, visual, text, item_params) in enumerate(zip(frames, visuals, texts, params, strict=True)):
@@ -205,9 +205,12 @@ class MIPrunerModelMixin:
                 )
                 owners.append((j, start))
         selected: list[list[torch.Tensor]] = [[] for _ in visuals]
-        for (j, start), sel in zip(owners, select_tokens_batch(unit_visuals, unit_texts, unit_params), strict=True):
+        ran: list[str] = ["none"] * len(visuals)
+        units = select_batch(unit_visuals, unit_texts, unit_params)
+        for (j, start), sel, ran_on in zip(owners, units.indices, units.backends, strict=True):
             selected[j].append(sel + start)
-        return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in selected]
+            ran[j] = ran_on if ran_on != "none" else ran[j]
+        return Selection([parts[0] if len(parts) == 1 else torch.cat(parts) for parts in selected], ran)  # type: ignore[arg-type]
 
     def _mipruner_embed_texts(self, ids: list[torch.Tensor], visuals: list[torch.Tensor]) -> list[torch.Tensor]:
         """Query embeddings from the LLM's input embedding table, one call for the batch."""
