@@ -208,3 +208,25 @@ def test_lmms_eval_results_are_read_and_missing_ones_raise(tmp_path):
         read_lmms_eval_results(tmp_path, "gqa", None)
     with pytest.raises(RuntimeError, match="no metric 'exact_match'"):
         read_lmms_eval_results(tmp_path, "pope", "exact_match")
+
+
+def test_jsonl_as_an_lmms_eval_task(tmp_path):
+    from mipruner_vllm.evaluation import lmms_eval_task as task
+
+    jsonl = write_demo_dataset(tmp_path / "demo", n_items=3)
+    yaml = task.write_task(jsonl, tmp_path / "tasks")
+    text = yaml.read_text()
+    assert "task: mipruner_jsonl" in text and "dataset_path: json" in text
+    assert "!function mipruner_vllm.evaluation.lmms_eval_task.process_results" in text
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "mipruner_jsonl.jsonl").read_text().splitlines()]
+    assert [r["answers"] for r in rows] == [["red"], ["green"], ["blue"]]
+    doc = rows[1]
+    (image,) = task.doc_to_visual(doc)
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (30, 180, 60)
+    assert task.doc_to_text(doc, {"post_prompt": " Be brief."}).endswith("one word. Be brief.")
+    assert task.process_results(doc, ["Green."]) == {"exact_match": 1.0}
+    assert task.process_results(doc, ["red"]) == {"exact_match": 0.0}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "data:image/png;base64,AA", "question": "q", "answer": "a"}\n')
+    with pytest.raises(DatasetError, match="local image files only"):
+        task.write_task(bad, tmp_path / "t2")
