@@ -7,6 +7,8 @@ Given an endpoint and a grid of settings, it runs every setting over one dataset
   status, accuracy, requests failed, visual tokens in / kept, TTFT and wall time;
 * ``sweep.png``: accuracy and TTFT against keep ratio, one line per method (and lambda), the
   spread of the two keep-ratio-1.0 runs drawn as the noise floor;
+* ``sweep.json``: the command line, the server's vLLM version, the client's package versions and
+  the machine (the load average on the client);
 * ``runs/<n>-<setting>/``: each run's raw output (``samples.jsonl`` for a JSONL dataset; the
   lmms-eval output folder and the model's ``usage.json`` for tasks).
 
@@ -421,6 +423,20 @@ def read_lmms_eval_results(run_dir: Path, task: str, metric: str | None) -> tupl
     return value, chosen[0], samples
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _last_logged_error(log: Path) -> str:
+    """The last error lmms-eval logged (it logs a crashed evaluation and may still exit 0)."""
+    if not log.is_file():
+        return ""
+    lines = [_ANSI.sub("", line) for line in log.read_text(errors="replace").splitlines()]
+    errors = [line for line in lines if "| ERROR" in line or line.startswith(("Traceback", "Error"))]
+    if not errors:
+        return ""
+    return errors[-1].split(" - ", 1)[-1].strip()[:300]
+
+
 def run_lmms_eval_setting(
     base_url: str, model: str, task: str, setting: Setting, *, run_dir: Path, root_url: str,
     metric: str | None, extra_args: Sequence[str], allow_failed: float,
@@ -454,6 +470,9 @@ def run_lmms_eval_setting(
         status = "partial" if failed else "ok"
     except (RuntimeError, KeyError, ValueError) as exc:
         status, error, score = "failed", str(exc), None
+        logged = _last_logged_error(run_dir / "lmms-eval.log")
+        if logged:
+            error += f"; lmms-eval logged: {logged}"
     ok = status != "failed"
     return _row(
         setting, dataset=f"lmms-eval:{task}", status=status, items=items,
@@ -546,6 +565,35 @@ def plot(rows: Sequence[SweepRow], path: Path, title: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
+
+
+def write_meta(path: Path, *, argv: list[str], base_url: str, root_url: str, model: str,
+               rows: Sequence[SweepRow]) -> None:  # fmt: skip
+    """What the CSV alone does not say: the command, the server and client versions, the machine."""
+    import platform
+    from importlib import metadata
+
+    import httpx
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        server_version = httpx.get(root_url + "/version", timeout=10).json().get("version")
+    except (httpx.HTTPError, ValueError):
+        server_version = None
+    meta = {
+        "argv": argv, "base_url": base_url, "model": model, "server_vllm_version": server_version,
+        "client": {name: version(name) for name in ("mipruner-vllm", "openai", "lmms-eval")},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "runs": len(rows), "failed": sum(r.status == "failed" for r in rows),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _floats(text: str) -> list[float]:
@@ -654,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_csv(rows, csv_path)  # after every run, so an interrupted sweep keeps what it did
     plot(rows, png_path, title=f"{model}: {', '.join(sorted({r.dataset for r in rows}))}")
+    write_meta(out / "sweep.json", argv=list(argv) if argv is not None else sys.argv[1:],
+               base_url=base_url, root_url=root_url, model=model, rows=rows)  # fmt: skip
     failed = sum(r.status == "failed" for r in rows)
     print(f"wrote {csv_path} ({len(rows)} rows, {failed} failed) and {png_path}", flush=True)
     # 0: every setting scored; 2: some failed (their rows say why); 1: none scored.

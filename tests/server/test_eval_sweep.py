@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -31,17 +32,18 @@ REJECTED = "keep_ratio=0.25,mi_tau=5000"
 SHARED_SERVER_ARGS = ("--max-num-seqs", "32")
 
 
-def documented_commands() -> list[str]:
-    """The commands of the docs' block marked ``<!-- tested: tests/server/test_eval_sweep.py``."""
+def documented_commands(block: str) -> list[str]:
+    """The commands of the docs' block marked ``<!-- tested: tests/server/test_eval_sweep.py (block) -->``."""
     text = DOCS.read_text()
-    match = re.search(r"<!-- tested: tests/server/test_eval_sweep\.py[^>]*-->\s*```bash\n(.*?)```", text, re.S)
-    assert match, "docs/evaluation.md lost its tested command block"
+    marker = re.escape(f"<!-- tested: tests/server/test_eval_sweep.py ({block}) -->")
+    match = re.search(marker + r"\s*```bash\n(.*?)```", text, re.S)
+    assert match, f"docs/evaluation.md lost its tested command block ({block})"
     return [line for line in match.group(1).splitlines() if line.strip()]
 
 
-def to_argv(command: str, base_url: str) -> list[str]:
+def to_argv(command: str, base_url: str, python: str = sys.executable) -> list[str]:
     argv = shlex.split(command.replace(DOCS_URL, base_url))
-    executables = {"python": sys.executable, "mipruner-vllm": str(Path(sys.executable).with_name("mipruner-vllm"))}
+    executables = {"python": python, **{name: str(Path(python).with_name(name)) for name in ("mipruner-vllm", "lmms-eval")}}
     return [executables.get(argv[0], argv[0]), *argv[1:]]
 
 
@@ -49,7 +51,7 @@ def to_argv(command: str, base_url: str) -> list[str]:
 def sweep(server_with, tmp_path_factory):
     server = server_with(*SHARED_SERVER_ARGS, name="default")
     work = tmp_path_factory.mktemp("eval-sweep")
-    commands = documented_commands()
+    commands = documented_commands("jsonl")
     assert [c.split()[:3] for c in commands] == [
         ["python", "-m", "mipruner_vllm.evaluation.data"], ["mipruner-vllm", "eval-sweep", "--base-url"]
     ]  # fmt: skip
@@ -64,7 +66,7 @@ def sweep(server_with, tmp_path_factory):
     out = work / "eval-demo" / "sweep"
     with (out / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    return {"work": work, "out": out, "rows": rows, "procs": outputs}
+    return {"work": work, "out": out, "rows": rows, "procs": outputs, "server": server}
 
 
 def _samples(out: Path, number: int) -> dict[str, dict]:
@@ -132,6 +134,54 @@ def test_accuracy_is_the_score_of_the_saved_predictions(sweep):
         assert [s["correct"] for s in samples] == [is_correct(s["prediction"], s["answers"]) for s in samples]
 
 
-def test_the_plot_is_written(sweep):
+def test_the_plot_and_the_run_description_are_written(sweep):
     png = (sweep["out"] / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    meta = json.loads((sweep["out"] / "sweep.json").read_text())
+    assert meta["model"] == "mipruner-demo" and meta["server_vllm_version"].startswith("0.32")
+    assert (meta["runs"], meta["failed"]) == (7, 1) and meta["client"]["mipruner-vllm"]
+
+
+# lmms-eval is not in CI (a heavy optional extra). It runs here when this interpreter has it, or
+# the one named by MIPRUNER_TEST_LMMS_EVAL_PYTHON (a client-side environment with
+# "mipruner-vllm[eval]" and no vLLM: the server still runs from this one).
+LMMS_EVAL_PYTHON = os.environ.get("MIPRUNER_TEST_LMMS_EVAL_PYTHON", sys.executable)
+
+
+def _has_lmms_eval(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import lmms_eval.models.chat.openai, mipruner_vllm.evaluation.lmms_eval_model"],
+                           capture_output=True, timeout=300)  # fmt: skip
+    return probe.returncode == 0
+
+
+def test_lmms_eval_model_and_sweep_through_lmms_eval(sweep):
+    if not _has_lmms_eval(LMMS_EVAL_PYTHON):
+        pytest.skip("lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too heavy); "
+                    "set MIPRUNER_TEST_LMMS_EVAL_PYTHON to a Python that has it")  # fmt: skip
+    work, server = sweep["work"], sweep["server"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    procs = []
+    for command in documented_commands("lmms-eval"):
+        proc = subprocess.run(to_argv(command, server.api, LMMS_EVAL_PYTHON), cwd=work, env=env,
+                              capture_output=True, text=True, timeout=1800)  # fmt: skip
+        procs.append(proc)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    n_visual = [s["visual_tokens"] for s in _samples(sweep["out"], 1).values()]
+
+    # One lmms-eval run at keep ratio 0.25: the model's report counts what the server kept.
+    usage = json.loads((work / "eval-demo" / "lmms" / "usage.json").read_text())
+    assert usage["pruning_fields"] == {"keep_ratio": 0.25}
+    assert (usage["requests"], usage["requests_failed"], usage["samples_failed"]) == (12, 0, 0)
+    assert usage["visual_tokens"] == sum(n_visual)
+    assert usage["visual_tokens_kept"] == sum(n_keep(n, keep_ratio=0.25) for n in n_visual)
+    (results,) = (work / "eval-demo" / "lmms").glob("**/*_results.json")
+    assert json.loads(results.read_text())["n-samples"]["mipruner_jsonl"]["effective"] == 12
+
+    # The sweep through lmms-eval: one row per setting, scored from lmms-eval's results.
+    with (work / "eval-demo" / "sweep-lmms" / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["setting"] for r in rows] == ["keep_ratio=1.0", "keep_ratio=1.0 (run 2)", "keep_ratio=0.25,pruning_method=mi"]
+    assert all(r["status"] == "ok" and r["dataset"] == "lmms-eval:mipruner_jsonl" for r in rows), rows
+    assert all(r["metric"] == "exact_match,none" and r["accuracy"] != "" for r in rows)
+    assert [int(r["visual_tokens_kept"]) for r in rows] == [sum(n_visual)] * 2 + [usage["visual_tokens_kept"]]
+    assert (work / "eval-demo" / "sweep-lmms" / "sweep.png").is_file()
