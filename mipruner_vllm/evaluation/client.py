@@ -182,11 +182,15 @@ def with_pruning_fields(request: Mapping[str, Any], fields: Mapping[str, Any]) -
 class PruningClient:
     """``client`` with ``fields`` on every ``chat.completions.create``; other attributes pass through."""
 
-    def __init__(self, client: Any, fields: Mapping[str, Any], tally: UsageTally | None = None) -> None:
+    def __init__(
+        self, client: Any, fields: Mapping[str, Any], tally: UsageTally | None = None
+    ) -> None:
         self._client = client
         self.fields = dict(fields)
         self.tally = tally if tally is not None else UsageTally()
-        self.chat = _Chat(_Completions(client.chat.completions, self.fields, self.tally), client.chat)
+        self.chat = _Chat(
+            _Completions(client.chat.completions, self.fields, self.tally), client.chat
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

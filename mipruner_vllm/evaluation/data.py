@@ -79,7 +79,9 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
             images = row["image"] if isinstance(row["image"], list) else [row["image"]]
             answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
             if not images or not all(isinstance(i, str) and i for i in images):
-                raise DatasetError(f"{where}: 'image' must be a non-empty string or list of strings")
+                raise DatasetError(
+                    f"{where}: 'image' must be a non-empty string or list of strings"
+                )
             if not isinstance(row["question"], str) or not row["question"].strip():
                 raise DatasetError(f"{where}: 'question' must be a non-empty string")
             if not answers or not all(isinstance(a, (str, int, float)) for a in answers):

@@ -36,7 +36,9 @@ def doc_to_visual(doc: dict[str, Any]) -> list[Any]:
     return images
 
 
-def doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] | None = None) -> str:
+def doc_to_text(
+    doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] | None = None
+) -> str:
     kwargs = lmms_eval_specific_kwargs or {}
     return f"{kwargs.get('pre_prompt', '')}{doc['question']}{kwargs.get('post_prompt', '')}"
 
@@ -49,7 +51,9 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
     return {"exact_match": float(is_correct(results[0], doc["answers"]))}
 
 
-def write_task(jsonl: str | Path, out_dir: str | Path, task: str = TASK, max_new_tokens: int = 16) -> Path:
+def write_task(
+    jsonl: str | Path, out_dir: str | Path, task: str = TASK, max_new_tokens: int = 16
+) -> Path:
     """Write the task files for ``jsonl``; returns the YAML's path. Local image paths only."""
     jsonl, out = Path(jsonl).resolve(), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,14 +66,22 @@ def write_task(jsonl: str | Path, out_dir: str | Path, task: str = TASK, max_new
         paths = []
         for image in images:
             if image.startswith(("data:", "http://", "https://")):
-                raise DatasetError(f"{jsonl}:{number}: the lmms-eval task takes local image files only")
+                raise DatasetError(
+                    f"{jsonl}:{number}: the lmms-eval task takes local image files only"
+                )
             path = Path(image) if Path(image).is_absolute() else jsonl.parent / image
             if not path.is_file():
                 raise DatasetError(f"{jsonl}:{number}: image file not found: {path}")
             paths.append(str(path.resolve()))
         answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-        rows.append({"id": str(row.get("id", number)), "images": paths, "question": row["question"],
-                     "answers": [str(a) for a in answers]})  # fmt: skip
+        rows.append(
+            {
+                "id": str(row.get("id", number)),
+                "images": paths,
+                "question": row["question"],
+                "answers": [str(a) for a in answers],
+            }
+        )
     data = out / f"{task}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     yaml = out / f"{task}.yaml"

@@ -179,7 +179,9 @@ def server_ttft_totals(root_url: str) -> tuple[float, float] | None:
         return None
 
 
-def _server_ttft_mean(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+def _server_ttft_mean(
+    before: tuple[float, float] | None, after: tuple[float, float] | None
+) -> float | None:
     if before is None or after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
@@ -246,16 +248,27 @@ def warm_up(client: Any, model: str) -> str | None:
     from PIL import Image
 
     rng = random.Random(0)
-    image = Image.frombytes("RGB", (112, 112), bytes(rng.randrange(256) for _ in range(112 * 112 * 3)))
+    image = Image.frombytes(
+        "RGB", (112, 112), bytes(rng.randrange(256) for _ in range(112 * 112 * 3))
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     try:
         client.chat.completions.create(
-            model=model, max_tokens=1, temperature=0.0,
-            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                   {"type": "text", "text": "warm-up"}]}],
-        )  # fmt: skip
+            model=model,
+            max_tokens=1,
+            temperature=0.0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "warm-up"},
+                    ],
+                }
+            ],
+        )
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -285,7 +298,9 @@ def run_jsonl_setting(
     answers: list[_Answer] = []
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         futures = [pool.submit(_ask, pruning, model, item, max_tokens) for item in items]
-        bar = tqdm(total=len(futures), desc=setting.label, unit="item", disable=not progress, leave=True)
+        bar = tqdm(
+            total=len(futures), desc=setting.label, unit="item", disable=not progress, leave=True
+        )
         for future in futures:
             answers.append(future.result())
             bar.update(1)
@@ -297,13 +312,24 @@ def run_jsonl_setting(
     with (run_dir / "samples.jsonl").open("w") as out:
         for a in answers:
             ok = a.error is None
-            out.write(json.dumps({
-                "id": a.item.id, "question": a.item.question, "answers": list(a.item.answers),
-                "prediction": a.text, "correct": is_correct(a.text, a.item.answers, match) if ok else None,
-                "error": a.error, "visual_tokens": a.visual_tokens,
-                "visual_tokens_kept": a.visual_tokens_kept, "prompt_tokens": a.prompt_tokens,
-                "ttft_s": _round(a.ttft_s), "latency_s": _round(a.latency_s),
-            }) + "\n")  # fmt: skip
+            out.write(
+                json.dumps(
+                    {
+                        "id": a.item.id,
+                        "question": a.item.question,
+                        "answers": list(a.item.answers),
+                        "prediction": a.text,
+                        "correct": is_correct(a.text, a.item.answers, match) if ok else None,
+                        "error": a.error,
+                        "visual_tokens": a.visual_tokens,
+                        "visual_tokens_kept": a.visual_tokens_kept,
+                        "prompt_tokens": a.prompt_tokens,
+                        "ttft_s": _round(a.ttft_s),
+                        "latency_s": _round(a.latency_s),
+                    }
+                )
+                + "\n"
+            )
 
     done = [a for a in answers if a.error is None]
     failed = len(answers) - len(done)
@@ -325,24 +351,48 @@ def run_jsonl_setting(
     visual = sum(a.visual_tokens or 0 for a in done)
     kept = sum(a.visual_tokens_kept or 0 for a in done)
     return _row(
-        setting, dataset=dataset, status=status, items=len(answers), failed=failed, model=model,
+        setting,
+        dataset=dataset,
+        status=status,
+        items=len(answers),
+        failed=failed,
+        model=model,
         accuracy=(sum(is_correct(a.text or "", a.item.answers, match) for a in done) / len(done))
-        if scored else None,
+        if scored
+        else None,
         metric=f"{match}_match",
-        visual=visual if scored else None, kept=kept if scored else None,
+        visual=visual if scored else None,
+        kept=kept if scored else None,
         prompt_mean=statistics.fmean(a.prompt_tokens or 0 for a in done) if scored else None,
         ttft_p50=statistics.median(ttfts) if scored and ttfts else None,
         ttft_mean=statistics.fmean(ttfts) if scored and ttfts else None,
         latency_p50=statistics.median(a.latency_s for a in done) if scored else None,
         server_ttft=_server_ttft_mean(before, after) if scored else None,
-        wall=wall, error=error,
-    )  # fmt: skip
+        wall=wall,
+        error=error,
+    )
 
 
-def _row(setting: Setting, *, dataset: str, status: str, items: int, failed: int, model: str,
-         accuracy: float | None, metric: str, visual: int | None, kept: int | None,
-         prompt_mean: float | None, ttft_p50: float | None, ttft_mean: float | None,
-         latency_p50: float | None, server_ttft: float | None, wall: float, error: str) -> SweepRow:  # fmt: skip
+def _row(
+    setting: Setting,
+    *,
+    dataset: str,
+    status: str,
+    items: int,
+    failed: int,
+    model: str,
+    accuracy: float | None,
+    metric: str,
+    visual: int | None,
+    kept: int | None,
+    prompt_mean: float | None,
+    ttft_p50: float | None,
+    ttft_mean: float | None,
+    latency_p50: float | None,
+    server_ttft: float | None,
+    wall: float,
+    error: str,
+) -> SweepRow:
     f = setting.fields
     return SweepRow(
         setting=setting.label,
@@ -385,10 +435,20 @@ def lmms_eval_command(
     model_args += [f"{k}={v}" for k, v in setting.fields.items()]
     model_args.append(f"usage_report={run_dir / 'usage.json'}")
     return [
-        sys.executable, "-m", "lmms_eval", "--model", "mipruner",
-        "--model_args", ",".join(model_args), "--tasks", task,
-        "--output_path", str(run_dir / "lmms-eval"), "--log_samples", *extra_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "mipruner",
+        "--model_args",
+        ",".join(model_args),
+        "--tasks",
+        task,
+        "--output_path",
+        str(run_dir / "lmms-eval"),
+        "--log_samples",
+        *extra_args,
+    ]
 
 
 def read_lmms_eval_results(run_dir: Path, task: str, metric: str | None) -> tuple[float, str, int]:
@@ -406,13 +466,19 @@ def read_lmms_eval_results(run_dir: Path, task: str, metric: str | None) -> tupl
         raise RuntimeError(f"lmms-eval results have no entry for task {task!r}")
     samples = int((results.get("n-samples", {}).get(task) or {}).get("effective", 0))
     candidates = {
-        k: v for k, v in scores.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k and k != "alias"
-    }  # fmt: skip
+        k: v
+        for k, v in scores.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and "stderr" not in k
+        and k != "alias"
+    }
     if metric is not None:
         chosen = [k for k in candidates if k == metric or k.split(",")[0] == metric]
         if not chosen:
-            raise RuntimeError(f"task {task!r} has no metric {metric!r} (has {', '.join(candidates)})")
+            raise RuntimeError(
+                f"task {task!r} has no metric {metric!r} (has {', '.join(candidates)})"
+            )
     else:
         chosen = list(candidates)
     if not chosen:
@@ -431,16 +497,26 @@ def _last_logged_error(log: Path) -> str:
     if not log.is_file():
         return ""
     lines = [_ANSI.sub("", line) for line in log.read_text(errors="replace").splitlines()]
-    errors = [line for line in lines if "| ERROR" in line or line.startswith(("Traceback", "Error"))]
+    errors = [
+        line for line in lines if "| ERROR" in line or line.startswith(("Traceback", "Error"))
+    ]
     if not errors:
         return ""
     return errors[-1].split(" - ", 1)[-1].strip()[:300]
 
 
 def run_lmms_eval_setting(
-    base_url: str, model: str, task: str, setting: Setting, *, run_dir: Path, root_url: str,
-    metric: str | None, extra_args: Sequence[str], allow_failed: float,
-) -> SweepRow:  # fmt: skip
+    base_url: str,
+    model: str,
+    task: str,
+    setting: Setting,
+    *,
+    run_dir: Path,
+    root_url: str,
+    metric: str | None,
+    extra_args: Sequence[str],
+    allow_failed: float,
+) -> SweepRow:
     run_dir.mkdir(parents=True, exist_ok=True)
     command = lmms_eval_command(base_url, model, task, setting, run_dir, extra_args)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
@@ -455,7 +531,9 @@ def run_lmms_eval_setting(
     error, status, score, name, items = "", "ok", None, metric or "", 0
     try:
         if proc.returncode != 0:
-            raise RuntimeError(f"lmms-eval exited with {proc.returncode} (see {run_dir}/lmms-eval.log)")
+            raise RuntimeError(
+                f"lmms-eval exited with {proc.returncode} (see {run_dir}/lmms-eval.log)"
+            )
         if usage is None:
             raise RuntimeError("the mipruner model wrote no usage report: no request was sent")
         score, name, items = read_lmms_eval_results(run_dir, task, metric)
@@ -475,16 +553,24 @@ def run_lmms_eval_setting(
             error += f"; lmms-eval logged: {logged}"
     ok = status != "failed"
     return _row(
-        setting, dataset=f"lmms-eval:{task}", status=status, items=items,
-        failed=int(usage["samples_failed"]) if usage else 0, model=model,
-        accuracy=score, metric=name,
-        visual=usage["visual_tokens"] if ok else None, kept=usage["visual_tokens_kept"] if ok else None,
+        setting,
+        dataset=f"lmms-eval:{task}",
+        status=status,
+        items=items,
+        failed=int(usage["samples_failed"]) if usage else 0,
+        model=model,
+        accuracy=score,
+        metric=name,
+        visual=usage["visual_tokens"] if ok else None,
+        kept=usage["visual_tokens_kept"] if ok else None,
         prompt_mean=usage["prompt_tokens"] / max(usage["requests"], 1) if ok else None,
-        ttft_p50=None, ttft_mean=None,
+        ttft_p50=None,
+        ttft_mean=None,
         latency_p50=usage["latency_s_p50"] if ok else None,
         server_ttft=_server_ttft_mean(before, after) if ok else None,
-        wall=wall, error=error,
-    )  # fmt: skip
+        wall=wall,
+        error=error,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +599,9 @@ def plot(rows: Sequence[SweepRow], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scored = [r for r in rows if r.status != "failed" and r.accuracy is not None and _x(r) is not None]
+    scored = [
+        r for r in rows if r.status != "failed" and r.accuracy is not None and _x(r) is not None
+    ]
     figure, (acc_ax, ttft_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     datasets = sorted({r.dataset for r in scored})
     for dataset in datasets:
@@ -528,20 +616,36 @@ def plot(rows: Sequence[SweepRow], path: Path, title: str = "") -> None:
         for r in scored:
             if r.dataset == dataset and r.keep_ratio != 1.0:
                 curves.setdefault((r.pruning_method or "default", r.mi_lambda), []).append(r)
-        for (method, lam), points in sorted(curves.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        for (method, lam), points in sorted(
+            curves.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)
+        ):
             points = sorted(points + base[:1], key=lambda r: _x(r) or 0)
             name = method + ("" if lam is None else f" λ={lam:g}")
             label = name if len(datasets) == 1 else f"{dataset} {name}"
-            acc_ax.plot([_x(r) for r in points], [r.accuracy for r in points], marker="o", label=label)
-            ttft = [(_x(r), r.ttft_s_p50 if r.ttft_s_p50 is not None else r.server_ttft_s_mean) for r in points]
+            acc_ax.plot(
+                [_x(r) for r in points], [r.accuracy for r in points], marker="o", label=label
+            )
+            ttft = [
+                (_x(r), r.ttft_s_p50 if r.ttft_s_p50 is not None else r.server_ttft_s_mean)
+                for r in points
+            ]
             ttft = [(x, t) for x, t in ttft if t is not None]
             if ttft:
-                ttft_ax.plot([x for x, _ in ttft], [t * 1000 for _, t in ttft], marker="o", label=label)
-        acc_ax.scatter([1.0] * len(base), [r.accuracy for r in base], color="black", zorder=3,
-                       label="keep ratio 1.0 (two runs)" if dataset == datasets[0] else None)  # fmt: skip
+                ttft_ax.plot(
+                    [x for x, _ in ttft], [t * 1000 for _, t in ttft], marker="o", label=label
+                )
+        acc_ax.scatter(
+            [1.0] * len(base),
+            [r.accuracy for r in base],
+            color="black",
+            zorder=3,
+            label="keep ratio 1.0 (two runs)" if dataset == datasets[0] else None,
+        )
     if scored:
         low, high = min(r.accuracy for r in scored), max(r.accuracy for r in scored)
-        acc_ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.05) if high + 0.05 > low else low + 0.05)
+        acc_ax.set_ylim(
+            max(0.0, low - 0.05), min(1.0, high + 0.05) if high + 0.05 > low else low + 0.05
+        )
     acc_ax.set_xlabel("keep ratio")
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_title("accuracy (grey: spread of the two 1.0 runs)")
@@ -567,8 +671,15 @@ def plot(rows: Sequence[SweepRow], path: Path, title: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_meta(path: Path, *, argv: list[str], base_url: str, root_url: str, model: str,
-               rows: Sequence[SweepRow]) -> None:  # fmt: skip
+def write_meta(
+    path: Path,
+    *,
+    argv: list[str],
+    base_url: str,
+    root_url: str,
+    model: str,
+    rows: Sequence[SweepRow],
+) -> None:
     """What the CSV alone does not say: the command, the server and client versions, the machine."""
     import platform
     from importlib import metadata
@@ -586,13 +697,21 @@ def write_meta(path: Path, *, argv: list[str], base_url: str, root_url: str, mod
     except (httpx.HTTPError, ValueError):
         server_version = None
     meta = {
-        "argv": argv, "base_url": base_url, "model": model, "server_vllm_version": server_version,
+        "argv": argv,
+        "base_url": base_url,
+        "model": model,
+        "server_vllm_version": server_version,
         "client": {name: version(name) for name in ("mipruner-vllm", "openai", "lmms-eval")},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "runs": len(rows), "failed": sum(r.status == "failed" for r in rows),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "runs": len(rows),
+        "failed": sum(r.status == "failed" for r in rows),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -607,33 +726,69 @@ def parser() -> argparse.ArgumentParser:
         "mipruner-vllm server. Writes OUT/sweep.csv, OUT/sweep.png and OUT/runs/.",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="JSONL of image / question / answer (docs/evaluation.md)")
-    source.add_argument("--tasks", help="comma-separated lmms-eval tasks (needs mipruner-vllm[eval])")
+    source.add_argument(
+        "--data", type=Path, help="JSONL of image / question / answer (docs/evaluation.md)"
+    )
+    source.add_argument(
+        "--tasks", help="comma-separated lmms-eval tasks (needs mipruner-vllm[eval])"
+    )
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the server's /v1 URL")
-    p.add_argument("--model", default=None, help="served model name (default: the first one listed)")
+    p.add_argument(
+        "--model", default=None, help="served model name (default: the first one listed)"
+    )
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"))
     p.add_argument("--out", type=Path, default=Path("eval-sweep"), help="output folder")
-    p.add_argument("--keep-ratios", type=_floats, default=[1.0, 0.5, 0.25, 0.125],
-                   help="comma-separated; 1.0 is always run twice (default 1.0,0.5,0.25,0.125)")  # fmt: skip
-    p.add_argument("--keep-tokens", type=lambda s: [int(x) for x in s.split(",") if x.strip()], default=[],
-                   help="comma-separated absolute budgets, run as well as the ratios")  # fmt: skip
+    p.add_argument(
+        "--keep-ratios",
+        type=_floats,
+        default=[1.0, 0.5, 0.25, 0.125],
+        help="comma-separated; 1.0 is always run twice (default 1.0,0.5,0.25,0.125)",
+    )
+    p.add_argument(
+        "--keep-tokens",
+        type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+        default=[],
+        help="comma-separated absolute budgets, run as well as the ratios",
+    )
     p.add_argument("--methods", default="mi", help="comma-separated pruning methods (default mi)")
     p.add_argument("--mi-lambdas", type=_floats, default=[], help="comma-separated lambdas for mi")
-    p.add_argument("--field", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a request field added to every setting (repeatable), e.g. mi_tau=0.05")  # fmt: skip
-    p.add_argument("--setting", action="append", default=[], metavar="F=V[,F=V]",
-                   help="one more setting, as given (repeatable), e.g. keep_ratio=0.25,mi_lambda=0.5")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help="first N items only (lmms-eval: --limit)")
-    p.add_argument("--allow-failed", type=float, default=0.0, metavar="FRACTION",
-                   help="score a setting whose failed requests are at most this fraction (default 0)")  # fmt: skip
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a request field added to every setting (repeatable), e.g. mi_tau=0.05",
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="F=V[,F=V]",
+        help="one more setting, as given (repeatable), e.g. keep_ratio=0.25,mi_lambda=0.5",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="first N items only (lmms-eval: --limit)"
+    )
+    p.add_argument(
+        "--allow-failed",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="score a setting whose failed requests are at most this fraction (default 0)",
+    )
     jsonl = p.add_argument_group("JSONL dataset")
     jsonl.add_argument("--max-tokens", type=int, default=16)
     jsonl.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     jsonl.add_argument("--match", choices=MATCH_MODES, default="exact")
     tasks = p.add_argument_group("lmms-eval tasks")
-    tasks.add_argument("--metric", default=None, help="the metric to report (default: the task's first)")
-    tasks.add_argument("--lmms-eval-args", default="",
-                       help="more lmms-eval arguments, one string (e.g. '--include_path my_tasks/')")  # fmt: skip
+    tasks.add_argument(
+        "--metric", default=None, help="the metric to report (default: the task's first)"
+    )
+    tasks.add_argument(
+        "--lmms-eval-args",
+        default="",
+        help="more lmms-eval arguments, one string (e.g. '--include_path my_tasks/')",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -650,9 +805,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser().error(str(exc))
     settings = build_settings(
-        args.keep_ratios, [m.strip() for m in args.methods.split(",") if m.strip()],
-        args.mi_lambdas, args.keep_tokens, common, extra,
-    )  # fmt: skip
+        args.keep_ratios,
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        args.mi_lambdas,
+        args.keep_tokens,
+        common,
+        extra,
+    )
 
     from openai import OpenAI
 
@@ -681,16 +840,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = out / "runs" / f"{number:02d}-{setting.slug}"
         if args.data is not None:
             row = run_jsonl_setting(
-                client, model, items, setting, dataset=dataset, run_dir=run_dir, root_url=root_url,
-                max_tokens=args.max_tokens, concurrency=args.concurrency, match=args.match,
-                allow_failed=args.allow_failed, progress=not args.no_progress,
-            )  # fmt: skip
+                client,
+                model,
+                items,
+                setting,
+                dataset=dataset,
+                run_dir=run_dir,
+                root_url=root_url,
+                max_tokens=args.max_tokens,
+                concurrency=args.concurrency,
+                match=args.match,
+                allow_failed=args.allow_failed,
+                progress=not args.no_progress,
+            )
         else:
             print(f"[{number}/{len(jobs)}] lmms-eval {dataset} {setting.label}", flush=True)
             row = run_lmms_eval_setting(
-                base_url, model, dataset, setting, run_dir=run_dir, root_url=root_url,
-                metric=args.metric, extra_args=extra_args, allow_failed=args.allow_failed,
-            )  # fmt: skip
+                base_url,
+                model,
+                dataset,
+                setting,
+                run_dir=run_dir,
+                root_url=root_url,
+                metric=args.metric,
+                extra_args=extra_args,
+                allow_failed=args.allow_failed,
+            )
         rows.append(row)
         accuracy = "-" if row.accuracy is None else f"{row.accuracy:.4f}"
         kept = "-" if row.kept_fraction is None else f"{row.kept_fraction:.3f}"
@@ -702,8 +877,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_csv(rows, csv_path)  # after every run, so an interrupted sweep keeps what it did
     plot(rows, png_path, title=f"{model}: {', '.join(sorted({r.dataset for r in rows}))}")
-    write_meta(out / "sweep.json", argv=list(argv) if argv is not None else sys.argv[1:],
-               base_url=base_url, root_url=root_url, model=model, rows=rows)  # fmt: skip
+    write_meta(
+        out / "sweep.json",
+        argv=list(argv) if argv is not None else sys.argv[1:],
+        base_url=base_url,
+        root_url=root_url,
+        model=model,
+        rows=rows,
+    )
     failed = sum(r.status == "failed" for r in rows)
     print(f"wrote {csv_path} ({len(rows)} rows, {failed} failed) and {png_path}", flush=True)
     # 0: every setting scored; 2: some failed (their rows say why); 1: none scored.

@@ -43,7 +43,10 @@ def documented_commands(block: str) -> list[str]:
 
 def to_argv(command: str, base_url: str, python: str = sys.executable) -> list[str]:
     argv = shlex.split(command.replace(DOCS_URL, base_url))
-    executables = {"python": python, **{name: str(Path(python).with_name(name)) for name in ("mipruner-vllm", "lmms-eval")}}
+    executables = {
+        "python": python,
+        **{name: str(Path(python).with_name(name)) for name in ("mipruner-vllm", "lmms-eval")},
+    }
     return [executables.get(argv[0], argv[0]), *argv[1:]]
 
 
@@ -53,8 +56,9 @@ def sweep(server_with, tmp_path_factory):
     work = tmp_path_factory.mktemp("eval-sweep")
     commands = documented_commands("jsonl")
     assert [c.split()[:3] for c in commands] == [
-        ["python", "-m", "mipruner_vllm.evaluation.data"], ["mipruner-vllm", "eval-sweep", "--base-url"]
-    ]  # fmt: skip
+        ["python", "-m", "mipruner_vllm.evaluation.data"],
+        ["mipruner-vllm", "eval-sweep", "--base-url"],
+    ]
     outputs = []
     for i, command in enumerate(commands):
         argv = to_argv(command, server.api)
@@ -83,17 +87,24 @@ def test_one_row_per_setting_and_the_rejected_one_fails(sweep):
     assert run.returncode == 2, run.stdout + run.stderr
     rows = sweep["rows"]
     assert [r["setting"] for r in rows] == [
-        "keep_ratio=1.0", "keep_ratio=1.0 (run 2)",
-        "keep_ratio=0.5,pruning_method=mi", "keep_ratio=0.5,pruning_method=random",
-        "keep_ratio=0.25,pruning_method=mi", "keep_ratio=0.25,pruning_method=random",
+        "keep_ratio=1.0",
+        "keep_ratio=1.0 (run 2)",
+        "keep_ratio=0.5,pruning_method=mi",
+        "keep_ratio=0.5,pruning_method=random",
+        "keep_ratio=0.25,pruning_method=mi",
+        "keep_ratio=0.25,pruning_method=random",
         REJECTED,
-    ]  # fmt: skip
+    ]
     for row in rows[:-1]:
         assert (row["status"], row["items"], row["requests_failed"]) == ("ok", "12", "0"), row
         assert row["accuracy"] != "" and 0.0 <= float(row["accuracy"]) <= 1.0
         assert float(row["ttft_s_p50"]) > 0 and float(row["server_ttft_s_mean"]) > 0
     rejected = rows[-1]
-    assert (rejected["status"], rejected["requests_failed"], rejected["accuracy"]) == ("failed", "12", "")
+    assert (rejected["status"], rejected["requests_failed"], rejected["accuracy"]) == (
+        "failed",
+        "12",
+        "",
+    )
     assert rejected["visual_tokens_kept"] == ""
     assert "400" in rejected["error"] and "mi_tau" in rejected["error"]
     assert "failed" in run.stdout and "mi_tau" in run.stdout
@@ -113,9 +124,14 @@ def test_visual_tokens_kept_follow_the_budget_rule_per_item(sweep):
         for item_id, sample in samples.items():
             assert sample["error"] is None
             assert sample["visual_tokens"] == n_visual[item_id]
-            assert sample["visual_tokens_kept"] == n_keep(n_visual[item_id], keep_ratio=ratio), (row["setting"], sample)
+            assert sample["visual_tokens_kept"] == n_keep(n_visual[item_id], keep_ratio=ratio), (
+                row["setting"],
+                sample,
+            )
         assert int(row["visual_tokens"]) == sum(n_visual.values())
-        assert int(row["visual_tokens_kept"]) == sum(s["visual_tokens_kept"] for s in samples.values())
+        assert int(row["visual_tokens_kept"]) == sum(
+            s["visual_tokens_kept"] for s in samples.values()
+        )
         kept_by_ratio.setdefault(ratio, set()).add(int(row["visual_tokens_kept"]))
     assert kept_by_ratio[1.0] == {sum(n_visual.values())}
     (k100,), (k050,), (k025,) = kept_by_ratio[1.0], kept_by_ratio[0.5], kept_by_ratio[0.25]
@@ -131,7 +147,9 @@ def test_accuracy_is_the_score_of_the_saved_predictions(sweep):
         assert all(isinstance(s["prediction"], str) for s in samples)
         recomputed = sum(is_correct(s["prediction"], s["answers"]) for s in samples) / len(samples)
         assert float(row["accuracy"]) == pytest.approx(recomputed)
-        assert [s["correct"] for s in samples] == [is_correct(s["prediction"], s["answers"]) for s in samples]
+        assert [s["correct"] for s in samples] == [
+            is_correct(s["prediction"], s["answers"]) for s in samples
+        ]
 
 
 def test_the_plot_and_the_run_description_are_written(sweep):
@@ -149,21 +167,36 @@ LMMS_EVAL_PYTHON = os.environ.get("MIPRUNER_TEST_LMMS_EVAL_PYTHON", sys.executab
 
 
 def _has_lmms_eval(python: str) -> bool:
-    probe = subprocess.run([python, "-c", "import lmms_eval.models.chat.openai, mipruner_vllm.evaluation.lmms_eval_model"],
-                           capture_output=True, timeout=300)  # fmt: skip
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "import lmms_eval.models.chat.openai, mipruner_vllm.evaluation.lmms_eval_model",
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     return probe.returncode == 0
 
 
 def test_lmms_eval_model_and_sweep_through_lmms_eval(sweep):
     if not _has_lmms_eval(LMMS_EVAL_PYTHON):
-        pytest.skip("lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too heavy); "
-                    "set MIPRUNER_TEST_LMMS_EVAL_PYTHON to a Python that has it")  # fmt: skip
+        pytest.skip(
+            "lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too heavy); "
+            "set MIPRUNER_TEST_LMMS_EVAL_PYTHON to a Python that has it"
+        )
     work, server = sweep["work"], sweep["server"]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     procs = []
     for command in documented_commands("lmms-eval"):
-        proc = subprocess.run(to_argv(command, server.api, LMMS_EVAL_PYTHON), cwd=work, env=env,
-                              capture_output=True, text=True, timeout=1800)  # fmt: skip
+        proc = subprocess.run(
+            to_argv(command, server.api, LMMS_EVAL_PYTHON),
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         procs.append(proc)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     n_visual = [s["visual_tokens"] for s in _samples(sweep["out"], 1).values()]
@@ -180,8 +213,16 @@ def test_lmms_eval_model_and_sweep_through_lmms_eval(sweep):
     # The sweep through lmms-eval: one row per setting, scored from lmms-eval's results.
     with (work / "eval-demo" / "sweep-lmms" / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["setting"] for r in rows] == ["keep_ratio=1.0", "keep_ratio=1.0 (run 2)", "keep_ratio=0.25,pruning_method=mi"]
-    assert all(r["status"] == "ok" and r["dataset"] == "lmms-eval:mipruner_jsonl" for r in rows), rows
+    assert [r["setting"] for r in rows] == [
+        "keep_ratio=1.0",
+        "keep_ratio=1.0 (run 2)",
+        "keep_ratio=0.25,pruning_method=mi",
+    ]
+    assert all(r["status"] == "ok" and r["dataset"] == "lmms-eval:mipruner_jsonl" for r in rows), (
+        rows
+    )
     assert all(r["metric"] == "exact_match,none" and r["accuracy"] != "" for r in rows)
-    assert [int(r["visual_tokens_kept"]) for r in rows] == [sum(n_visual)] * 2 + [usage["visual_tokens_kept"]]
+    assert [int(r["visual_tokens_kept"]) for r in rows] == [sum(n_visual)] * 2 + [
+        usage["visual_tokens_kept"]
+    ]
     assert (work / "eval-demo" / "sweep-lmms" / "sweep.png").is_file()

@@ -20,7 +20,8 @@ import pytest
 
 pytestmark = pytest.mark.unit
 pytest.importorskip(
-    "lmms_eval", reason="lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too heavy)"
+    "lmms_eval",
+    reason="lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too heavy)",
 )
 
 from lmms_eval.api.instance import Instance  # noqa: E402
@@ -50,22 +51,59 @@ class Endpoint:
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "mipruner-demo", "object": "model",
-                                                             "created": 0, "owned_by": "x"}]})  # fmt: skip
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {
+                                "id": "mipruner-demo",
+                                "object": "model",
+                                "created": 0,
+                                "owned_by": "x",
+                            }
+                        ],
+                    },
+                )
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.bodies.append(body)
                 if endpoint.status != 200:
-                    self._send(endpoint.status, {"error": {"message": "Invalid request field 'mi_tau'",
-                                                           "type": "BadRequestError", "code": endpoint.status}})  # fmt: skip
+                    self._send(
+                        endpoint.status,
+                        {
+                            "error": {
+                                "message": "Invalid request field 'mi_tau'",
+                                "type": "BadRequestError",
+                                "code": endpoint.status,
+                            }
+                        },
+                    )
                     return
-                self._send(200, {
-                    "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "yes"}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41,
-                              "visual_tokens": 16, "visual_tokens_kept": 4},
-                })  # fmt: skip
+                self._send(
+                    200,
+                    {
+                        "id": "c",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "yes"},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 40,
+                            "completion_tokens": 1,
+                            "total_tokens": 41,
+                            "visual_tokens": 16,
+                            "visual_tokens_kept": 4,
+                        },
+                    },
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -83,19 +121,31 @@ def endpoint():
     e.close()
 
 
-DOCS = {0: {"q": "Is there a red square?", "rgb": (200, 30, 30)}, 1: {"q": "Is it blue?", "rgb": (30, 30, 200)}}
+DOCS = {
+    0: {"q": "Is there a red square?", "rgb": (200, 30, 30)},
+    1: {"q": "Is it blue?", "rgb": (30, 30, 200)},
+}
 
 
 def _doc_to_messages(doc):
     image = Image.new("RGB", (56, 56), doc["rgb"])
-    return [{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": doc["q"]}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image", "url": image}, {"type": "text", "text": doc["q"]}],
+        }
+    ]
 
 
 def _requests():
     gen_kwargs = {"max_new_tokens": 8, "temperature": 0, "top_p": 1.0}
     return [
-        Instance("generate_until", (DOCS[i]["q"], _doc_to_messages, gen_kwargs, i, "t", "test"), idx=0,
-                 metadata={"task": "t", "doc_id": i, "repeats": 1})  # fmt: skip
+        Instance(
+            "generate_until",
+            (DOCS[i]["q"], _doc_to_messages, gen_kwargs, i, "t", "test"),
+            idx=0,
+            metadata={"task": "t", "doc_id": i, "repeats": 1},
+        )
         for i in DOCS
     ]
 
@@ -120,7 +170,9 @@ def test_lmms_eval_finds_the_model_through_the_entry_point():
 def test_same_bodies_as_lmms_eval_openai_model_plus_the_fields(endpoint, tmp_path):
     from lmms_eval.models import get_model
 
-    stock = get_model("openai").create_from_arg_string(f"base_url={endpoint.url},model=mipruner-demo,api_key=x,num_concurrent=1")
+    stock = get_model("openai").create_from_arg_string(
+        f"base_url={endpoint.url},model=mipruner-demo,api_key=x,num_concurrent=1"
+    )
     stock.task_dict = {"t": {"test": DOCS}}
     stock.generate_until(_requests())
     reference = sorted(endpoint.bodies, key=json.dumps)
@@ -128,8 +180,10 @@ def test_same_bodies_as_lmms_eval_openai_model_plus_the_fields(endpoint, tmp_pat
 
     report = tmp_path / "usage.json"
     # lmms-eval's parser turns keep_ratio=1 into an integer and mi_lambda=1 too: sent as numbers.
-    ours = _model(f"base_url={endpoint.url},model=mipruner-demo,keep_ratio=0.25,pruning_method=mi,"
-                  f"mi_lambda=1,num_concurrent=1,usage_report={report}")  # fmt: skip
+    ours = _model(
+        f"base_url={endpoint.url},model=mipruner-demo,keep_ratio=0.25,pruning_method=mi,"
+        f"mi_lambda=1,num_concurrent=1,usage_report={report}"
+    )
     results = ours.generate_until(_requests())
     assert [r.text for r in results] == ["yes", "yes"]
     fields = {"keep_ratio": 0.25, "pruning_method": "mi", "mi_lambda": 1.0}
@@ -149,7 +203,9 @@ def test_model_name_defaults_to_the_endpoint_s_first_model(endpoint):
     ours = _model(f"base_url={endpoint.url},keep_tokens=4")
     assert ours.model_version == "mipruner-demo"
     ours.generate_until(_requests()[:1])
-    assert endpoint.bodies[-1]["model"] == "mipruner-demo" and endpoint.bodies[-1]["keep_tokens"] == 4
+    assert (
+        endpoint.bodies[-1]["model"] == "mipruner-demo" and endpoint.bodies[-1]["keep_tokens"] == 4
+    )
 
 
 def test_bad_fields_stop_before_any_request(endpoint):
@@ -163,8 +219,10 @@ def test_rejected_requests_are_reported_as_failed_samples(tmp_path):
     endpoint = Endpoint(status=400)
     try:
         report = tmp_path / "usage.json"
-        ours = _model(f"base_url={endpoint.url},model=m,keep_ratio=0.25,max_retries=2,retry_backoff_s=0,"
-                      f"num_concurrent=1,usage_report={report}")  # fmt: skip
+        ours = _model(
+            f"base_url={endpoint.url},model=m,keep_ratio=0.25,max_retries=2,retry_backoff_s=0,"
+            f"num_concurrent=1,usage_report={report}"
+        )
         results = ours.generate_until(_requests())
     finally:
         endpoint.close()
