@@ -7,7 +7,8 @@
 * ``mipruner_jsonl.jsonl``: the items with absolute image paths and a list of answers, so that
   lmms-eval's ``json`` dataset loader reads them from anywhere;
 * ``mipruner_jsonl.yaml``: the task, scored like the sweep (normalised exact match, metric
-  ``exact_match``), its prompt the question as written.
+  ``exact_match_score``: the ``_score`` suffix is what lmms-eval's ``--baseline`` comparison
+  looks for), its prompt the question as written.
 
 Then ``lmms-eval --model mipruner --include_path my-tasks --tasks mipruner_jsonl ...``. The
 functions below are the task's ``doc_to_*`` and ``process_results`` hooks (named in the YAML by
@@ -48,7 +49,7 @@ def doc_to_target(doc: dict[str, Any]) -> str:
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    return {"exact_match": float(is_correct(results[0], doc["answers"]))}
+    return {"exact_match_score": float(is_correct(results[0], doc["answers"]))}
 
 
 def write_task(
@@ -102,7 +103,7 @@ generation_kwargs:
   max_new_tokens: {int(max_new_tokens)}
   temperature: 0
 metric_list:
-  - metric: exact_match
+  - metric: exact_match_score
     aggregation: mean
     higher_is_better: true
 metadata:

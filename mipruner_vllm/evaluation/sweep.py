@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mipruner_vllm.evaluation.client import PruningClient, UsageTally, usage_value
+from mipruner_vllm.evaluation.client import PruningClient, usage_value
 from mipruner_vllm.evaluation.data import MATCH_MODES, Item, is_correct, load_items
 from mipruner_vllm.evaluation.fields import describe
 
@@ -291,8 +291,7 @@ def run_jsonl_setting(
 ) -> SweepRow:
     from tqdm import tqdm
 
-    tally = UsageTally()
-    pruning = PruningClient(client, setting.fields, tally)
+    pruning = PruningClient(client, setting.fields)
     before = server_ttft_totals(root_url)
     started = time.perf_counter()
     answers: list[_Answer] = []

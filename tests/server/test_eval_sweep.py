@@ -221,7 +221,7 @@ def test_lmms_eval_model_and_sweep_through_lmms_eval(sweep):
     assert all(r["status"] == "ok" and r["dataset"] == "lmms-eval:mipruner_jsonl" for r in rows), (
         rows
     )
-    assert all(r["metric"] == "exact_match,none" and r["accuracy"] != "" for r in rows)
+    assert all(r["metric"] == "exact_match_score,none" and r["accuracy"] != "" for r in rows)
     assert [int(r["visual_tokens_kept"]) for r in rows] == [sum(n_visual)] * 2 + [
         usage["visual_tokens_kept"]
     ]

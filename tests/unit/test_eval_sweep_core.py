@@ -338,8 +338,8 @@ def test_jsonl_as_an_lmms_eval_task(tmp_path):
     (image,) = task.doc_to_visual(doc)
     assert image.mode == "RGB" and image.getpixel((0, 0)) == (30, 180, 60)
     assert task.doc_to_text(doc, {"post_prompt": " Be brief."}).endswith("one word. Be brief.")
-    assert task.process_results(doc, ["Green."]) == {"exact_match": 1.0}
-    assert task.process_results(doc, ["red"]) == {"exact_match": 0.0}
+    assert task.process_results(doc, ["Green."]) == {"exact_match_score": 1.0}
+    assert task.process_results(doc, ["red"]) == {"exact_match_score": 0.0}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "data:image/png;base64,AA", "question": "q", "answer": "a"}\n')
     with pytest.raises(DatasetError, match="local image files only"):
