@@ -28,8 +28,6 @@ pytestmark = pytest.mark.server
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
 DOCS_URL = "http://127.0.0.1:8000/v1"
 REJECTED = "keep_ratio=0.25,mi_tau=5000"
-# The shared server's arguments (tests/server/conftest.py DEFAULT_ARGS): no extra engine starts.
-SHARED_SERVER_ARGS = ("--max-num-seqs", "32")
 
 
 def documented_commands(block: str) -> list[str]:
@@ -50,9 +48,20 @@ def to_argv(command: str, base_url: str, python: str = sys.executable) -> list[s
     return [executables.get(argv[0], argv[0]), *argv[1:]]
 
 
-@pytest.fixture(scope="module")
-def sweep(server_with, tmp_path_factory):
-    server = server_with(*SHARED_SERVER_ARGS, name="default")
+# One sweep per module, on the shared embedded-default server (the ``server`` fixture of
+# tests/server/conftest.py, function-scoped because the pool may swap servers between modules):
+# the first test runs it, the others read its files.
+_SWEEPS: dict[str, dict] = {}
+
+
+@pytest.fixture()
+def sweep(server, tmp_path_factory):
+    if server.base_url not in _SWEEPS:
+        _SWEEPS[server.base_url] = _run_documented_sweep(server, tmp_path_factory)
+    return _SWEEPS[server.base_url]
+
+
+def _run_documented_sweep(server, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("eval-sweep")
     commands = documented_commands("jsonl")
     assert [c.split()[:3] for c in commands] == [
