@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model`` and ``serve``.
+"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model``, ``serve`` and ``eval-sweep``.
 
 Each subcommand imports its implementation lazily, so ``mipruner-vllm --help`` stays fast and
 nothing imports vLLM before it is needed.
@@ -46,6 +46,17 @@ def serve(ctx: typer.Context) -> None:
     from mipruner_vllm.server.launcher import main as serve_main
 
     serve_main(list(ctx.args))
+
+
+@app.command(
+    "eval-sweep",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def eval_sweep(ctx: typer.Context) -> None:
+    """Accuracy, visual tokens kept and TTFT against keep ratio. `eval-sweep --help` for flags."""
+    from mipruner_vllm.evaluation.sweep import main as sweep_main
+
+    raise typer.Exit(sweep_main(list(ctx.args)))
 
 
 if __name__ == "__main__":
