@@ -17,8 +17,8 @@ result with the ratio as metadata (the pruning fields go in the request body via
     done
     python benchmarks/plot_bench_serve.py bench-serve/*.json --out docs/images/bench_serve_keep_ratio.png
 
-The plot has one line per served model: median and p99 TTFT (left), request and output-token
-throughput (right). It also prints the table it plotted.
+The plot has one line per served model: median and p99 TTFT (left), request throughput (right).
+It also prints the table it plotted (with output-token throughput).
 """
 
 from __future__ import annotations
@@ -73,29 +73,21 @@ def plot(points: list[BenchPoint], out: Path, title: str) -> None:
     for point in points:
         by_model[point.model].append(point)
     fig, (ax_ttft, ax_tput) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    ax_req = ax_tput.twinx()
     for model, series in sorted(by_model.items()):
         series.sort(key=lambda p: p.keep_ratio)
         ratios = [p.keep_ratio for p in series]
         label = Path(model).name or model
         ax_ttft.plot(ratios, [p.median_ttft_ms for p in series], "o-", label=f"{label} median")
         ax_ttft.plot(ratios, [p.p99_ttft_ms for p in series], "s--", alpha=0.7, label=f"{label} p99")
-        ax_tput.plot(ratios, [p.output_throughput for p in series], "o-", label=f"{label} output tok/s")
-        ax_req.plot(ratios, [p.request_throughput for p in series], "^:", color="gray", label=f"{label} req/s")
-    ax_ttft.set(xlabel="keep ratio (visual tokens kept / visual tokens)", ylabel="TTFT (ms)",
-                title="Time to first token")
-    ax_tput.set(xlabel="keep ratio (visual tokens kept / visual tokens)", ylabel="output tokens / s",
-                title="Throughput")
-    ax_req.set_ylabel("requests / s")
+        ax_tput.plot(ratios, [p.request_throughput for p in series], "o-", label=label)
+    xlabel = "keep ratio (visual tokens kept / visual tokens)"
+    ax_ttft.set(xlabel=xlabel, ylabel="TTFT (ms)", title="Time to first token")
+    ax_tput.set(xlabel=xlabel, ylabel="requests / s", title="Request throughput")
     for ax in (ax_ttft, ax_tput):
         ax.set_xlim(0, 1.05)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    ax_req.set_ylim(bottom=0)
-    ax_ttft.legend(fontsize=8)
-    lines = ax_tput.get_legend_handles_labels()
-    extra = ax_req.get_legend_handles_labels()
-    ax_tput.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="lower right")
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
