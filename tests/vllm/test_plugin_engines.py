@@ -8,7 +8,8 @@ and is shut down, then one plugin engine serves every check:
 * keep_ratio = 1 reproduces stock vLLM's logprobs exactly, for square, wide and tall images (and
   a video for the Qwen family): placeholders, positions and embeddings are untouched;
 * prompt token counts follow the budget rule for several keep ratios and for keep_tokens;
-* requests with different parameters in one batch each get their own selection;
+* requests with different parameters in one batch each get their own selection, and every
+  selection method prunes to the budget;
 * the same image with another question is selected again (query-aware hash), while the same
   request twice gives identical output, the second time from the prefix cache;
 * ``LLM.chat`` takes the same parameters, and the same query (the question only), as ``generate``;
@@ -265,6 +266,27 @@ def test_batch_with_mixed_parameters(h: Harness) -> None:
         assert (record["n_fixed"] > 0) == (h.arch == "llava_next")
     greedy = next(r for r in records if r["params"]["mi_lambda"] == 0.3)
     assert len(greedy["kept"]) == n_keep(n_v, keep_ratio=0.25) + greedy["n_fixed"]
+
+
+def test_every_method_keeps_the_budget(h: Harness) -> None:
+    """All selection methods in one batch: each prunes to the budget; ``none`` keeps all."""
+    from mipruner_vllm.config import PRUNING_METHODS
+
+    img = image(IMAGE_SIZES[h.arch]["square"], seed=91)
+    tail = h.tail()
+    full = h.run([h.request("What is on the table?", images=[img])], max_tokens=1)[0]
+    reqs = [h.request("What is on the table?", images=[img], keep_ratio=0.5, pruning_method=m) for m in PRUNING_METHODS]
+    outs = dict(zip(PRUNING_METHODS, h.run(reqs, max_tokens=1), strict=True))
+    records = {r["params"]["pruning_method"]: r for r in tail.new()}
+    assert set(records) == set(PRUNING_METHODS) - {"none"}
+    assert len(outs["none"].prompt_token_ids) == len(full.prompt_token_ids)
+    for method, record in records.items():
+        n_v, n_fixed = record["n_visual"], record["n_fixed"]
+        assert len(record["kept"]) == n_keep(n_v, keep_ratio=0.5) + n_fixed, method
+        assert record["kept"] == sorted(set(record["kept"])), method
+        removed = n_v + n_fixed - len(record["kept"])
+        assert len(outs[method].prompt_token_ids) == len(full.prompt_token_ids) - removed, method
+        assert outs[method].outputs[0].token_ids, method
 
 
 def test_question_changes_selection_and_repeat_is_cached(h: Harness) -> None:
