@@ -406,9 +406,11 @@ def test_chunked_prefill_split_inside_pruned_media(h: Harness) -> None:
     """A pruned image split across two prefill steps at another place: same rows, same output.
 
     The engines prefill at most 32 tokens per step. Behind a text-only prompt of ``lead``
-    tokens in the same step, the request's first step ends in the middle of its kept image rows
-    (alone, it ends 32 tokens in), so the rest of them (their positions, and for Qwen3.5 the
-    recurrent state through them) continue in the next step.
+    tokens in the same step, the request's steps end at ``32 - lead`` and then 31 tokens later
+    (the text prompt decodes one token per step), instead of at multiples of 32 when alone.
+    ``lead`` is chosen so that one of those ends falls in the middle of the kept image rows, so
+    the rest of them (their positions, and for Qwen3.5 the recurrent state through them)
+    continue in the next step.
     """
     budget = h.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     img = image(IMAGE_SIZES[h.arch]["square"], seed=81)
@@ -417,8 +419,9 @@ def test_chunked_prefill_split_inside_pruned_media(h: Harness) -> None:
     ids = list(alone.prompt_token_ids)
     media = [i for i, t in enumerate(ids) if t in h.media_token_ids()]
     start, kept = media[0], len(media)
-    lead = budget - (start + kept // 2)
-    assert 1 <= lead < budget
+    target = start + kept // 2
+    lead = budget - target if target < budget else 2 * budget - 1 - target
+    assert 1 <= lead < budget, (start, kept)
     text = h.tokenizer.encode(sentence_of(lead * 2), add_special_tokens=False)[:lead]
     assert len(text) == lead
     # Another seed: a new hash (no cache serves the first run), the same MI selection.
