@@ -69,8 +69,11 @@ def image_url(size: int, seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def one_request(client, model: str, size: int, seed: int, keep_ratio: float, max_tokens: int) -> dict:
-    """Stream one chat completion; TTFT is the time to the first chunk carrying content."""
+def one_request(client, model: str, size: int, seed: int, keep_ratio: float | None, max_tokens: int) -> dict:
+    """Stream one chat completion; TTFT is the time to the first chunk carrying content.
+
+    ``keep_ratio=None`` sends no pruning field at all (a stock vLLM server refuses them).
+    """
     messages = [
         {
             "role": "user",
@@ -90,7 +93,7 @@ def one_request(client, model: str, size: int, seed: int, keep_ratio: float, max
         temperature=0.0,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"mm_processor_kwargs": {"keep_ratio": keep_ratio}},
+        extra_body=None if keep_ratio is None else {"mm_processor_kwargs": {"keep_ratio": keep_ratio}},
     )
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -120,7 +123,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--note", default="", help="free text stored with each row (machine, launch flags)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "serve_ttft.csv")
+    parser.add_argument(
+        "--stock", action="store_true", help="stock vLLM server: send no pruning fields (one row, keep_ratio 1)"
+    )
     args = parser.parse_args()
+    if args.stock:
+        args.keep_ratios = "1.0"
 
     import httpx
     from openai import OpenAI
@@ -136,12 +144,13 @@ def main() -> None:
     rows = []
     seed = 1000
     for keep_ratio in (float(r) for r in args.keep_ratios.split(",")):
+        sent = None if args.stock else keep_ratio
         seed += 1
-        one_request(client, model, args.size, seed, keep_ratio, args.max_tokens)  # warm-up
+        one_request(client, model, args.size, seed, sent, args.max_tokens)  # warm-up
         runs = []
         for _ in range(args.repeats):
             seed += 1
-            runs.append(one_request(client, model, args.size, seed, keep_ratio, args.max_tokens))
+            runs.append(one_request(client, model, args.size, seed, sent, args.max_tokens))
         ttfts = [r["ttft"] for r in runs]
         row = ServeRow(
             benchmark="serve_ttft",

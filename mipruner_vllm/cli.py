@@ -27,7 +27,9 @@ def smoke() -> None:
 
 @app.command("demo-model")
 def demo_model(
-    arch: str = typer.Option(..., help="qwen2_vl | qwen2_5_vl | qwen3_vl | llava | llava_next"),
+    arch: str = typer.Option(
+        ..., help="qwen2_vl | qwen2_5_vl | qwen3_vl | qwen3_5 | qwen3_5_moe | llava | llava_next"
+    ),
     out: str = typer.Option(..., help="Output directory of the checkpoint."),
     size: str = typer.Option("tiny", help="tiny (tests) | mid (realistic widths, benchmarks)"),
 ) -> None:

@@ -45,6 +45,8 @@ PRUNING_ARCHITECTURES: dict[str, str] = {
     "Qwen2VLForConditionalGeneration": "MIPrunerQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": "MIPrunerQwen2_5_VLForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "MIPrunerQwen3VLForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "MIPrunerQwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration": "MIPrunerQwen3_5MoeForConditionalGeneration",
     "LlavaForConditionalGeneration": "MIPrunerLlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "MIPrunerLlavaNextForConditionalGeneration",
 }
@@ -57,6 +59,10 @@ MODEL_CLASSES: dict[str, str] = {
         "mipruner_vllm.integration.models.qwen2_5_vl:MIPrunerQwen2_5_VLForConditionalGeneration",
     "MIPrunerQwen3VLForConditionalGeneration":
         "mipruner_vllm.integration.models.qwen3_vl:MIPrunerQwen3VLForConditionalGeneration",
+    "MIPrunerQwen3_5ForConditionalGeneration":
+        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5ForConditionalGeneration",
+    "MIPrunerQwen3_5MoeForConditionalGeneration":
+        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5MoeForConditionalGeneration",
     "MIPrunerLlavaForConditionalGeneration":
         "mipruner_vllm.integration.models.llava:MIPrunerLlavaForConditionalGeneration",
     "MIPrunerLlavaNextForConditionalGeneration":
@@ -69,6 +75,8 @@ MROPE_ARCHITECTURES: frozenset[str] = frozenset(
         "MIPrunerQwen2VLForConditionalGeneration",
         "MIPrunerQwen2_5_VLForConditionalGeneration",
         "MIPrunerQwen3VLForConditionalGeneration",
+        "MIPrunerQwen3_5ForConditionalGeneration",
+        "MIPrunerQwen3_5MoeForConditionalGeneration",
     }
 )
 

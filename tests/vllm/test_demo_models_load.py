@@ -26,12 +26,16 @@ from mipruner_vllm.demo_model import DEMO_ARCHS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+#: 16-px patches (Qwen3-VL's vision side): 128-px test images and frames.
+QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 # Visual tokens the tiny processors give for the test image, per arch (see demo_model docs).
 EXPECTED_IMAGE_TOKENS = {
     "qwen2_vl": 16,  # 112x112 px, patch 14, merge 2 -> 4x4
     "qwen2_5_vl": 16,
     "qwen3_vl": 16,  # 128x128 px, patch 16, merge 2 -> 4x4
+    "qwen3_5": 16,  # Qwen3-VL's vision side
+    "qwen3_5_moe": 16,
     "llava": 16,  # 56x56 px, patch 14 -> 4x4, CLS dropped
     "llava_next": 24,  # 56x56: base 2x2 + 2x2 tiles of 2x2 (4x4) + 4 row newlines
 }
@@ -63,7 +67,7 @@ def _video(arch: str):
     vLLM's Qwen2.5-VL / Qwen3-VL parsers require (they derive timing from it)."""
     import numpy as np
 
-    side = 128 if arch == "qwen3_vl" else 112
+    side = 128 if arch in QWEN3_VISION else 112
     frames = np.stack([np.asarray(_image(side)).copy() for _ in range(4)])
     for t in range(4):
         frames[t, :, :, 2] = t * 60  # make frames differ in time
@@ -94,7 +98,7 @@ def _worker(arch: str, model_dir: str, out_path: str) -> None:
     params = SamplingParams(max_tokens=4, temperature=0.0)
     config = llm.llm_engine.model_config.hf_config
     image_token = config.image_token_id if qwen else config.image_token_index
-    side = 128 if arch == "qwen3_vl" else (56 if arch.startswith("llava") else 112)
+    side = 128 if arch in QWEN3_VISION else (56 if arch.startswith("llava") else 112)
     messages = [
         {
             "role": "user",

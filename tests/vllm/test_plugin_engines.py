@@ -8,12 +8,19 @@ and is shut down, then one plugin engine serves every check:
 * keep_ratio = 1 reproduces stock vLLM's logprobs exactly, for square, wide and tall images (and
   a video for the Qwen family): placeholders, positions and embeddings are untouched;
 * prompt token counts follow the budget rule for several keep ratios and for keep_tokens;
-* requests with different parameters in one batch each get their own selection;
+* requests with different parameters in one batch each get their own selection, and every
+  selection method prunes to the budget;
 * the same image with another question is selected again (query-aware hash), while the same
   request twice gives identical output, the second time from the prefix cache;
 * ``LLM.chat`` takes the same parameters, and the same query (the question only), as ``generate``;
-* two images in one request, and a video (Qwen family; Qwen3-VL by its frame rule);
+* two images in one request, and a video (Qwen family; Qwen3-VL and Qwen3.5 by their frame rule);
+* chunked prefill that splits a pruned image at another place gives the same selection and
+  output (through the recurrent state for the hybrid Qwen3.5 LLM);
 * a bad parameter is rejected with a clear error and the engine keeps serving.
+
+Qwen3.5 (dense and MoE) is a hybrid model: vLLM raises its cache block to 64 tokens here (one
+recurrent-state page) and prefix-caches it in whole blocks, so the repeat prompts are made
+longer than the engine's block, whatever it is.
 
 The worker-side selections are observed through ``MIPRUNER_DEBUG_DIR``.
 """
@@ -32,8 +39,10 @@ from mipruner_vllm.params import PruningParams, n_keep
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next"]
+QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+#: Qwen3-VL's vision side: 16-px patches, every video frame its own placeholder run.
+QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
+ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "llava", "llava_next"]
 
 # (width, height) of the test images per architecture: square, wide, tall. Sizes stay inside the
 # tiny checkpoints' pixel limits so that each image is a handful of visual tokens.
@@ -41,6 +50,8 @@ IMAGE_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "qwen2_vl": {"square": (112, 112), "wide": (112, 56), "tall": (56, 112)},
     "qwen2_5_vl": {"square": (112, 112), "wide": (112, 56), "tall": (56, 112)},
     "qwen3_vl": {"square": (128, 128), "wide": (128, 64), "tall": (64, 128)},
+    "qwen3_5": {"square": (128, 128), "wide": (128, 64), "tall": (64, 128)},
+    "qwen3_5_moe": {"square": (128, 128), "wide": (128, 64), "tall": (64, 128)},
     "llava": {"square": (56, 56), "wide": (112, 56), "tall": (56, 112)},
     "llava_next": {"square": (56, 56), "wide": (84, 28), "tall": (28, 84)},
 }
@@ -56,7 +67,7 @@ def image(size: tuple[int, int], seed: int = 0) -> Any:
 
 def video(arch: str, frames: int = 4, seed: int = 7) -> Any:
     """Decoded frames plus the metadata vLLM's video loader would attach (2 fps, no sampling)."""
-    side = 128 if arch == "qwen3_vl" else 112
+    side = 128 if arch in QWEN3_VISION else 112
     rng = np.random.default_rng(seed)
     array = rng.integers(0, 256, (frames, side, side, 3), dtype=np.uint8)
     metadata = {
@@ -83,6 +94,10 @@ class Harness:
 
     def records(self) -> list[dict[str, Any]]:
         return self.tools.read_records(self.debug_dir)
+
+    def media_token_ids(self) -> set[int]:
+        names = ("<|image_pad|>", "<|video_pad|>") if self.arch in QWEN else ("<image>",)
+        return {self.tokenizer.convert_tokens_to_ids(name) for name in names}
 
     def prompt(self, question: str, n_images: int = 1, videos: int = 0) -> str:
         content: list[dict[str, Any]] = [{"type": "image"}] * n_images + [{"type": "video"}] * videos
@@ -253,6 +268,27 @@ def test_batch_with_mixed_parameters(h: Harness) -> None:
     assert len(greedy["kept"]) == n_keep(n_v, keep_ratio=0.25) + greedy["n_fixed"]
 
 
+def test_every_method_keeps_the_budget(h: Harness) -> None:
+    """All selection methods in one batch: each prunes to the budget; ``none`` keeps all."""
+    from mipruner_vllm.config import PRUNING_METHODS
+
+    img = image(IMAGE_SIZES[h.arch]["square"], seed=91)
+    tail = h.tail()
+    full = h.run([h.request("What is on the table?", images=[img])], max_tokens=1)[0]
+    reqs = [h.request("What is on the table?", images=[img], keep_ratio=0.5, pruning_method=m) for m in PRUNING_METHODS]
+    outs = dict(zip(PRUNING_METHODS, h.run(reqs, max_tokens=1), strict=True))
+    records = {r["params"]["pruning_method"]: r for r in tail.new()}
+    assert set(records) == set(PRUNING_METHODS) - {"none"}
+    assert len(outs["none"].prompt_token_ids) == len(full.prompt_token_ids)
+    for method, record in records.items():
+        n_v, n_fixed = record["n_visual"], record["n_fixed"]
+        assert len(record["kept"]) == n_keep(n_v, keep_ratio=0.5) + n_fixed, method
+        assert record["kept"] == sorted(set(record["kept"])), method
+        removed = n_v + n_fixed - len(record["kept"])
+        assert len(outs[method].prompt_token_ids) == len(full.prompt_token_ids) - removed, method
+        assert outs[method].outputs[0].token_ids, method
+
+
 def test_question_changes_selection_and_repeat_is_cached(h: Harness) -> None:
     img = image(IMAGE_SIZES[h.arch]["square"], seed=31)
     questions = ["Is there a red car in the picture?", "Describe the sky.", "How many people are there?"]
@@ -266,15 +302,20 @@ def test_question_changes_selection_and_repeat_is_cached(h: Harness) -> None:
     assert len({tuple(r["text_ids"]) for r in records}) == len(questions)
     assert len({tuple(r["kept"]) for r in records}) > 1, "the query text must change the selection"
 
-    # Long enough that the pruned prompt spans more than one 32-token block: the repeat then
-    # reads the image's KV from the prefix cache and computes only the text after it.
-    long_question = "What colour is the ball, and where is it in the picture relative to the dog and the tree? " * 2
+    # Long enough that the pruned prompt spans more than one cache block (32 tokens, 64 for the
+    # hybrid Qwen3.5): the repeat then reads the image's KV (and, for Qwen3.5, the recurrent
+    # state after it) from the prefix cache and computes only the text after it.
+    block = h.llm.llm_engine.vllm_config.cache_config.block_size
+    sentence = "What colour is the ball, and where is it in the picture relative to the dog and the tree? "
+    long_question = sentence * (2 + block // 16)
     req = h.request(long_question, images=[img], keep_ratio=0.25, mi_lambda=0.5)
     first = h.run([req])[0]
-    assert len(first.prompt_token_ids) > 40
+    assert len(first.prompt_token_ids) > block + 8
     second = h.run([req])[0]
     assert len(tail.new()) == 1  # the repeat is served from the caches
-    assert (second.num_cached_tokens or 0) > 0, "the repeat should hit the prefix cache"
+    cached = second.num_cached_tokens or 0
+    assert cached >= block, f"the repeat should hit the prefix cache ({cached} of block {block})"
+    assert cached % block == 0  # hits come in whole blocks
     assert summary(first) == summary(second)
 
 
@@ -345,7 +386,7 @@ def test_video(h: Harness) -> None:
         assert kept == sorted(kept) and len(set(kept)) == len(kept) and max(kept) < n_v
         budget = {k: record["params"][k] for k in ("keep_ratio", "keep_tokens") if record["params"].get(k) is not None}
         assert len(kept) == n_keep(n_v, **budget)
-        if h.arch == "qwen3_vl":
+        if h.arch in QWEN3_VISION:
             # Each frame follows its own timestamp, so each frame keeps its share of the budget.
             frames = record["frames"]
             assert frames > 1
@@ -359,6 +400,51 @@ def test_video(h: Harness) -> None:
     again = h.run([h.request("What happens?", vid=vid, keep_ratio=0.25)])[0]
     assert not tail.new()
     assert summary(again) == summary(outs[0])
+
+
+def test_chunked_prefill_split_inside_pruned_media(h: Harness) -> None:
+    """A pruned image split across two prefill steps at another place: same rows, same output.
+
+    The engines prefill at most 32 tokens per step. Behind a text-only prompt of ``lead``
+    tokens in the same step, the request's steps end at ``32 - lead`` and then 31 tokens later
+    (the text prompt decodes one token per step), instead of at multiples of 32 when alone.
+    ``lead`` is chosen so that one of those ends falls in the middle of the kept image rows, so
+    the rest of them (their positions, and for Qwen3.5 the recurrent state through them)
+    continue in the next step.
+    """
+    budget = h.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    img = image(IMAGE_SIZES[h.arch]["square"], seed=81)
+    tail = h.tail()
+    alone = h.run([h.request("Where is the dog?", images=[img], keep_ratio=0.5)])[0]
+    ids = list(alone.prompt_token_ids)
+    media = [i for i, t in enumerate(ids) if t in h.media_token_ids()]
+    start, kept = media[0], len(media)
+    target = start + kept // 2
+    lead = budget - target if target < budget else 2 * budget - 1 - target
+    assert 1 <= lead < budget, (start, kept)
+    text = h.tokenizer.encode(sentence_of(lead * 2), add_special_tokens=False)[:lead]
+    assert len(text) == lead
+    # Another seed: a new hash (no cache serves the first run), the same MI selection.
+    shifted = h.run(
+        [
+            {"prompt_token_ids": text},
+            h.request("Where is the dog?", images=[img], keep_ratio=0.5, pruning_seed=1),
+        ]
+    )[1]
+    records = tail.new()
+    assert len(records) == 2 and records[0]["kept"] == records[1]["kept"]
+    assert shifted.prompt_token_ids == alone.prompt_token_ids
+    (tokens_a, logprobs_a), (tokens_b, logprobs_b) = summary(alone), summary(shifted)
+    assert tokens_a == tokens_b
+    for step_a, step_b in zip(logprobs_a, logprobs_b, strict=True):
+        # Another split of the same prompt sums in another order: equal up to rounding.
+        common = set(step_a) & set(step_b)
+        assert len(common) >= 4
+        assert all(abs(step_a[t] - step_b[t]) < 0.05 for t in common), (step_a, step_b)
+
+
+def sentence_of(words: int) -> str:
+    return " ".join(["the red ball is on the table"] * (words // 7 + 1))
 
 
 @pytest.mark.parametrize(

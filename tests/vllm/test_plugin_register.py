@@ -111,3 +111,36 @@ def test_launch_helpers(tmp_path: Path) -> None:
     assert pruning_architectures(["MIPrunerLlavaForConditionalGeneration"]) == ["MIPrunerLlavaForConditionalGeneration"]
     with pytest.raises(ValueError, match="supported"):
         pruning_architectures(["GPT2LMHeadModel"])
+
+
+@pytest.mark.parametrize(
+    ("stock", "moe"),
+    [("Qwen3_5ForConditionalGeneration", False), ("Qwen3_5MoeForConditionalGeneration", True)],
+)
+def test_qwen3_5_classes_keep_the_hybrid_model_interfaces(stock: str, moe: bool) -> None:
+    """The pruning-aware Qwen3.5 classes are vLLM's Qwen3.5 models with the Qwen3-VL glue in
+    front: still hybrid (vLLM sizes the recurrent-state cache from them), MoE where stock is."""
+    pytest.importorskip("vllm")
+    from vllm import ModelRegistry
+    from vllm.model_executor.models import qwen3_5 as stock_module
+    from vllm.model_executor.models.interfaces import (
+        is_hybrid,
+        supports_mrope,
+        supports_multimodal_pruning,
+    )
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    from mipruner_vllm.integration.models.qwen3_vl import MIPrunerQwen3VLForConditionalGeneration
+    from mipruner_vllm.plugin import register
+
+    register()
+    name = PRUNING_ARCHITECTURES[stock]
+    cls = resolve_obj_by_qualname(MODEL_CLASSES[name].replace(":", "."))
+    mro = cls.__mro__
+    assert mro.index(MIPrunerQwen3VLForConditionalGeneration) < mro.index(getattr(stock_module, stock))
+    assert is_hybrid(cls) and supports_mrope(cls) and supports_multimodal_pruning(cls)
+    assert name in ModelRegistry.get_supported_archs()
+    assert hasattr(cls, "set_moe_parameters") == moe
+    # Its own processor registration, with Qwen3.5's processing info.
+    assert "_processor_factory" in cls.__dict__
+    assert "Qwen3_5" in cls._processor_factory.info.__name__

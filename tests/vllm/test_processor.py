@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.vllm]
 
 pytest.importorskip("vllm")
 
-ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next"]
+ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "llava", "llava_next"]
 
 
 def _processor(checkpoint: str, plugin: bool) -> Any:
