@@ -261,6 +261,13 @@ SURFACE: tuple[VllmName, ...] = (
 ) + (
     _n("LlavaDummyInputsBuilder", "import", "profiling inputs of both LLaVA families",
        f"{_MODELS}.llava:LlavaDummyInputsBuilder"),
+) + tuple(
+    # Qwen3.5 reuses Qwen3-VL's vision side and encoding steps (declared above), so the
+    # pruning-aware classes subclass these and inherit the Qwen3-VL glue.
+    _n(f"Qwen3_5{kind}{suffix}", "subclass", f"the pruning-aware Qwen3.5{' MoE' if kind else ''} {what}",
+       f"{_MODELS}.qwen3_5:Qwen3_5{kind}{suffix}")
+    for kind in ("", "Moe")
+    for suffix, what in (("ForConditionalGeneration", "model class"), ("ProcessingInfo", "processing info"))
 )
 
 SURFACE_BY_KEY: dict[str, VllmName] = {name.key: name for name in SURFACE}
