@@ -41,19 +41,38 @@ DEMO_ARCH, DEMO_SIZE = "qwen2_5_vl", "tiny"
 DEMO_SERVED_NAME = "mipruner-demo"
 REAL_MODEL_HINT = "mipruner-vllm serve --model Qwen/Qwen2.5-VL-7B-Instruct"
 
-#: Server-wide pruning defaults: CLI flag -> (settings field, type, help).
-PRUNING_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--keep-ratio": ("keep_ratio", float, "Default fraction of each media item's visual tokens to keep, in (0, 1]."),
-    "--keep-tokens": ("keep_tokens", int, "Default absolute budget per media item (replaces --keep-ratio)."),
-    "--pruning-method": ("method", str, "Default selection method (mi, trimtokenator, similarity, random, divprune, none)."),
-    "--mi-lambda": ("mi_lambda", float, "Default MI-Pruner lambda in [0, 1]."),
-    "--mi-tau": ("mi_tau", float, "Default MI-Pruner temperature in [0.001, 1000]."),
-    "--mi-aggregation": ("aggregation", str, "Default PMI aggregation (max, mean)."),
-    "--mi-normalization": ("normalization", str, "Default conditional distribution (softmax, minmax)."),
-    "--trim-stage1-ratio": ("trim_stage1_ratio", float, "Default TrimTokenator stage-1 ratio in (0, 1]."),
-    "--pruning-seed": ("random_seed", int, "Default seed of the 'random' method."),
+#: Server flags of settings that are not pruning parameters: flag -> (settings field, type, help).
+#: The pruning parameters' flags are derived from ``config.PRUNING_PARAMETERS`` (``--keep-ratio``...).
+SERVER_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--pruning-backend": ("backend", str, "Selection backend: auto, torch or triton."),
+    "--allowed-media-io-kwargs": (
+        "allowed_media_io_kwargs", "list",
+        "Comma-separated client media_io_kwargs keys to accept, as modality.key (video.num_frames). "
+        "Default: none (every client media_io_kwargs key is refused).",
+    ),
+    "--trust-media-uuids": (
+        "trust_media_uuids", bool,
+        "Accept client media uuids as cache keys (off: a request carrying one gets a 400; see docs/security.md).",
+    ),
+    "--allow-private-media-urls": (
+        "allow_private_media_urls", bool,
+        "Let the server fetch media URLs on loopback, link-local and private addresses (off by default).",
+    ),
 }
+
+
+def pruning_flags() -> dict[str, tuple[str, Any, str]]:
+    """Every MI-Pruner flag: the pruning parameters' (from their declaration) and the server's."""
+    from mipruner_vllm.config import PRUNING_PARAMETERS
+
+    flags: dict[str, tuple[str, Any, str]] = {
+        p.flag: (p.name, p.kind, f"Default {p.request}: {p.allowed}. {p.description}") for p in PRUNING_PARAMETERS
+    }
+    return {**flags, **SERVER_FLAGS}
+
+
+#: Kept for callers of the old name: flag -> (settings field, type, help).
+PRUNING_FLAGS = pruning_flags()
 
 logger = logging.getLogger("vllm.mipruner.server")  # under "vllm." so vLLM's log handler formats it
 
@@ -91,28 +110,35 @@ def set_cpu_defaults() -> None:
 
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "MI-Pruner", "Server-wide pruning defaults (requests override them per call; also MIPRUNER_* env vars)."
+        "MI-Pruner", "Server-wide pruning defaults (requests override them per call; also MIPRUNER_* env vars) "
+        "and the request policy of a shared endpoint (docs/security.md)."
     )
     from mipruner_vllm.config import MiprunerSettings
 
     for flag, (field, kind, help_text) in PRUNING_FLAGS.items():
-        default = MiprunerSettings.model_fields[field].default
+        info = MiprunerSettings.model_fields[field]
+        default = info.get_default(call_default_factory=True)
+        env = f"MIPRUNER_{field.upper()}"
+        # SUPPRESS: absent flags leave the environment / settings default in force.
+        if kind is bool:
+            group.add_argument(flag, dest=f"mipruner_{field}", action="store_const", const=True,
+                               default=argparse.SUPPRESS, help=f"{help_text} [env {env}]")
+            continue
+        convert = (lambda text: [item.strip() for item in text.split(",") if item.strip()]) if kind == "list" else kind
         group.add_argument(
-            flag, dest=f"mipruner_{field}", type=kind, metavar=field.split("_")[-1].upper(),
-            # SUPPRESS: absent flags leave the environment / settings default in force.
-            default=argparse.SUPPRESS, help=f"{help_text} [env MIPRUNER_{field.upper()}; default {default}]",
+            flag, dest=f"mipruner_{field}", type=convert, metavar=field.split("_")[-1].upper(),
+            default=argparse.SUPPRESS, help=f"{help_text} [env {env}; default {default}]",
         )
 
 
 def export_pruning_defaults(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate the pruning flags with the settings object and export them as ``MIPRUNER_*``.
+    """Validate the MI-Pruner flags with the settings object and export them as ``MIPRUNER_*``.
 
     Raises ``ValueError`` naming the flag. Returns the resolved settings as a dict (for the log).
     """
     from pydantic import ValidationError
 
-    from mipruner_vllm.config import MiprunerSettings, get_settings
-    from mipruner_vllm.params import ALLOWED_VALUES
+    from mipruner_vllm.config import PARAMETERS_BY_NAME, MiprunerSettings, get_settings
 
     given = {field: getattr(args, f"mipruner_{field}", None) for field, _, _ in PRUNING_FLAGS.values()}
     given = {k: v for k, v in given.items() if v is not None}
@@ -124,11 +150,11 @@ def export_pruning_defaults(args: argparse.Namespace) -> dict[str, Any]:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        allowed = ALLOWED_VALUES.get({"random_seed": "seed"}.get(field, field))
-        reason = f"must be {allowed}" if allowed else error["msg"]
+        parameter = PARAMETERS_BY_NAME.get(field)
+        reason = f"must be {parameter.allowed}" if parameter else error["msg"]
         raise ValueError(f"{flag_of.get(field, field)}: {reason}, got {error.get('input')!r}") from None
     for field, value in given.items():
-        os.environ[f"MIPRUNER_{field.upper()}"] = str(value)
+        os.environ[f"MIPRUNER_{field.upper()}"] = json.dumps(value) if isinstance(value, list | bool) else str(value)
     if "keep_tokens" in given:
         os.environ.pop("MIPRUNER_KEEP_RATIO", None)
     elif "keep_ratio" in given:
