@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -278,10 +282,16 @@ def build_parser() -> Any:
     return parser
 
 
-def main(argv: list[str]) -> None:
-    """Entry point of ``mipruner-vllm serve ARGS...`` (see the module docstring)."""
+def serve(argv: list[str]) -> int:
+    """Run the server in this process (see the module docstring); returns the exit status."""
     check_pruning_flags(argv)
     prepare_metrics_dir()
+    owned = os.environ.get(OWNED_METRICS_DIR_ENV)
+    if owned:
+        atexit.register(shutil.rmtree, owned, True)
+    if os.environ.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR) != MEDIA_CONNECTOR:
+        logger.warning("VLLM_MEDIA_CONNECTOR=%s is set: the server's media-URL address policy is off "
+                       "(docs/security.md)", os.environ["VLLM_MEDIA_CONNECTOR"])
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
@@ -311,3 +321,98 @@ def main(argv: list[str]) -> None:
     logger.info("mipruner: pruning defaults %s; metrics dir %s", defaults, os.environ["PROMETHEUS_MULTIPROC_DIR"])
     validate_parsed_serve_args(args)
     ServeSubcommand.cmd(args)
+    from mipruner_vllm.server.middleware import ENGINE_STATE
+
+    # vLLM shuts the HTTP server down cleanly when its engine dies and returns normally; a
+    # restart policy (docker --restart on-failure, systemd, Kubernetes) needs a failure status.
+    return 1 if ENGINE_STATE["died"] else 0
+
+
+# -- the supervisor -------------------------------------------------------------------------------
+
+#: Marks the server process the supervisor starts (the supervisor itself never imports vLLM).
+SUPERVISED_ENV = "_MIPRUNER_SERVE_SUPERVISED"
+#: The metrics directory the supervisor made, removed by whichever of the two processes exits last.
+OWNED_METRICS_DIR_ENV = "_MIPRUNER_OWNED_METRICS_DIR"
+#: vLLM media connector with the media-URL policy (mipruner_vllm.server.media).
+MEDIA_CONNECTOR = "mipruner"
+#: Seconds the server gets to shut down after a forwarded SIGTERM / SIGINT before it is killed.
+SHUTDOWN_GRACE_S = 90.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the server process, before exec: own process group, SIGTERM when the supervisor dies."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def supervise(argv: list[str]) -> int:
+    """Run the server as a child process and clean up after it, whatever ends it.
+
+    Why: vLLM's engine runs in processes of its own, and a server killed with SIGKILL (or dying
+    of an error) leaves them running, with the metrics directory behind. The supervisor is a
+    small process that never imports vLLM: it starts the server in its own process group with a
+    parent-death signal (``PR_SET_PDEATHSIG``: if the supervisor is killed, the server gets
+    SIGTERM and shuts its engine down), forwards SIGTERM / SIGINT / SIGHUP to it, and when the
+    server exits, kills whatever is left in its process group, removes the metrics directory and
+    exits with the server's status (128 + N for a signal N).
+    """
+    check_pruning_flags(argv)  # bad flags: status 2 in a second, before any process starts
+    made_here = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = prepare_metrics_dir()
+    env = dict(os.environ)
+    env[SUPERVISED_ENV] = "1"
+    env.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR)
+    if made_here:
+        env[OWNED_METRICS_DIR_ENV] = str(metrics_dir)
+    parent = os.getpid()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mipruner_vllm.server.launcher", *argv],
+        env=env, preexec_fn=functools.partial(_die_with_parent, parent),  # noqa: PLW1509 (no threads yet)
+    )
+    stop_since: list[float] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stop_since.append(time.monotonic())
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    while True:
+        try:
+            returncode = child.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if stop_since and time.monotonic() - stop_since[0] > SHUTDOWN_GRACE_S:
+                _kill_group(child.pid)
+    _kill_group(child.pid)  # engine processes the server left behind, if any
+    if made_here:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of ``mipruner-vllm serve ARGS...``: the supervisor, or the server it starts."""
+    if os.environ.get(SUPERVISED_ENV) == "1":
+        sys.exit(serve(argv))
+    sys.exit(supervise(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
