@@ -176,15 +176,19 @@ class PruningMiddleware:
             return await self.app(scope, replay, send)
         hooks.ensure_outcome_context(app)
         with collect() as outcome:
-            status, rewriter = await self._run_with_usage(scope, replay, send, outcome)
-        if status == 200 and rewriter is not None and rewriter.complete and not replay.disconnected:
+            status, rewriter, delivered = await self._run_with_usage(scope, replay, send, outcome)
+        if status == 200 and rewriter is not None and rewriter.complete and delivered:
             metrics.record_request(decision.body.get("model") or rewriter.model or "unknown", outcome)
 
     async def _run_with_usage(
-        self, scope: Scope, receive: Receive, send: Send, outcome: RequestOutcome
-    ) -> tuple[int, UsageRewriter | None]:
-        """Run vLLM's handler, adding the pruning outcome to ``usage`` of a 200 response."""
-        state: dict[str, Any] = {"status": 0, "start": None, "buffer": b""}
+        self, scope: Scope, receive: _Replay, send: Send, outcome: RequestOutcome
+    ) -> tuple[int, UsageRewriter | None, bool]:
+        """Run vLLM's handler, adding the pruning outcome to ``usage`` of a 200 response.
+
+        Returns the status, the rewriter, and whether the last body message was sent before the
+        client disconnected (a disconnect noticed only after that is the normal end of a request).
+        """
+        state: dict[str, Any] = {"status": 0, "start": None, "buffer": b"", "delivered": False}
         rewriter: UsageRewriter | None = None
 
         async def send_wrapper(message: Message) -> None:
@@ -211,6 +215,7 @@ class PruningMiddleware:
                 if not more:
                     data += rewriter.flush()
                 await send({"type": "http.response.body", "body": data, "more_body": more})
+                state["delivered"] = not more and not receive.disconnected
                 return
             state["buffer"] += message.get("body", b"")
             if more:
@@ -219,9 +224,10 @@ class PruningMiddleware:
             start = state["start"]
             await send({**start, "headers": _set_content_length(list(start.get("headers", [])), len(data))})
             await send({"type": "http.response.body", "body": data, "more_body": False})
+            state["delivered"] = not receive.disconnected
 
         await self.app(scope, receive, send_wrapper)
-        return state["status"], rewriter
+        return state["status"], rewriter, state["delivered"]
 
     async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve vLLM's OpenAPI document with the pruning fields added."""

@@ -179,8 +179,10 @@ def apply_policy(
     body = dict(body)
     generate = route in GENERATE_PATHS
     given: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # request field -> where the client put it (errors name that)
     for key in list(body):
         if key in REQUEST_FIELDS:
+            origin[key] = key
             value = body.pop(key)
             if not generate:
                 raise RequestRefused(
@@ -200,19 +202,20 @@ def apply_policy(
             param = f"mm_processor_kwargs.{key}"
             if key not in REQUEST_FIELDS:
                 raise RequestRefused(param, "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS))
-            if key in given:
+            if key in origin:
                 raise RequestRefused(param, "given both at the top level and in mm_processor_kwargs")
+            origin[key] = param
             if value is not None:
                 given[key] = value
     try:
         params = params_from_request(given, settings=settings)
     except PruningParameterError as exc:
-        raise RequestRefused(exc.field, exc.message) from None
+        raise RequestRefused(origin.get(exc.field, exc.field), exc.message) from None
 
     if not pruning_enabled:
         if given:
             raise RequestRefused(
-                sorted(given)[0], "the served model has no pruning support (its architecture is not one "
+                origin[sorted(given)[0]], "the served model has no pruning support (its architecture is not one "
                 "the mipruner plugin handles), so pruning fields cannot be honoured")
         return Decision(body, generate=generate, params=None)
     carries_media = route != COMPLETIONS_PATH and not (route == INVOCATIONS_PATH and "messages" not in body)

@@ -215,7 +215,11 @@ class MIPrunerProcessorMixin:
                     for update in updates:
                         content = update.content
                         if isinstance(content, PrunedPlaceholder):
-                            record_item(modality, content.n_visual, content.n_kept, content.method)
+                            # An item kept whole (a budget above its N_V) is labelled "none",
+                            # whatever method was asked for: nothing was selected.
+                            kept_whole = content.n_kept >= content.n_visual
+                            method = "none" if kept_whole else content.method
+                            record_item(modality, content.n_visual, content.n_kept, method)
         return result
 
     # -- family hooks ----------------------------------------------------------------------------------
