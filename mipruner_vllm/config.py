@@ -202,9 +202,8 @@ class MiprunerSettings(_PruningDefaults):
         environ = {k.upper(): v for k, v in os.environ.items()}
         for p in PRUNING_PARAMETERS:
             for old in p.deprecated_names:
-                if old in data:
-                    value = data.pop(old)
-                    data.setdefault(p.name, value)
+                if old in data:  # a keyword argument: it beats the environment, like any other
+                    data[p.name] = data.pop(old)
                 elif p.name not in data and f"MIPRUNER_{old.upper()}" in environ and p.env not in environ:
                     logger.warning("MIPRUNER_%s is deprecated; use %s", old.upper(), p.env)
                     data[p.name] = environ[f"MIPRUNER_{old.upper()}"]
