@@ -289,6 +289,7 @@ def serve(argv: list[str]) -> int:
     owned = os.environ.get(OWNED_METRICS_DIR_ENV)
     if owned:
         atexit.register(shutil.rmtree, owned, True)
+    os.environ.setdefault("VLLM_MEDIA_FETCH_MAX_RETRIES", "1")
     if os.environ.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR) != MEDIA_CONNECTOR:
         logger.warning("VLLM_MEDIA_CONNECTOR=%s is set: the server's media-URL address policy is off "
                        "(docs/security.md)", os.environ["VLLM_MEDIA_CONNECTOR"])
@@ -376,6 +377,8 @@ def supervise(argv: list[str]) -> int:
     env = dict(os.environ)
     env[SUPERVISED_ENV] = "1"
     env.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR)
+    # A shared server tries a client's media URL once, within the fetch timeout (security.md).
+    env.setdefault("VLLM_MEDIA_FETCH_MAX_RETRIES", "1")
     if made_here:
         env[OWNED_METRICS_DIR_ENV] = str(metrics_dir)
     parent = os.getpid()

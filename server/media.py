@@ -14,7 +14,9 @@ one, :class:`GuardedMediaConnector`, which adds to vLLM's own connector:
   name that resolves differently the second time gains nothing, and on every redirect hop;
 * time: the fetch timeout vLLM configures (``VLLM_IMAGE_FETCH_TIMEOUT``,
   ``VLLM_VIDEO_FETCH_TIMEOUT``, ``VLLM_AUDIO_FETCH_TIMEOUT``) bounds the whole fetch, retries
-  included (vLLM retries a stalled fetch with a growing per-attempt timeout, 5 s becoming 27 s).
+  included (vLLM retries a stalled fetch with a growing per-attempt timeout, 5 s becoming 27 s;
+  the launcher also sets ``VLLM_MEDIA_FETCH_MAX_RETRIES=1`` unless the operator chose a value,
+  so a client's URL is tried once).
 
 Allowed domains stay vLLM's ``--allowed-media-domains``; ``data:`` URLs are untouched.
 """
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 #: The name the launcher puts in ``VLLM_MEDIA_CONNECTOR``.
 CONNECTOR_NAME = "mipruner"
 MAX_REDIRECTS = 10
+#: The whole fetch may run this long past the fetch timeout (the last attempt's own timeout).
+DEADLINE_SLACK_S = 0.5
 
 
 class MediaURLRefused(ValueError):
@@ -169,9 +173,19 @@ class GuardedMediaConnector(MediaConnector):
         fetch = super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
         if fetch_timeout is None or url[:5].lower() == "data:":
             return await fetch
-        try:
-            return await asyncio.wait_for(fetch, timeout=fetch_timeout)
-        except TimeoutError:
-            raise MediaURLRefused(
-                f"fetching the media URL took longer than the server's {fetch_timeout} s fetch timeout"
-            ) from None
+        # Not asyncio.wait_for: it waits for the cancelled fetch to finish, and a cancellation that
+        # lands as aiohttp's own timeout fires is turned into a TimeoutError, which vLLM's retry
+        # loop retries. asyncio.wait answers at the deadline whatever the fetch does with it.
+        task = asyncio.ensure_future(fetch)
+        done, _ = await asyncio.wait({task}, timeout=fetch_timeout + DEADLINE_SLACK_S)
+        if task in done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_retrieve_exception)
+        raise MediaURLRefused(f"fetching the media URL took longer than the server's {fetch_timeout} s fetch timeout")
+
+
+def _retrieve_exception(task: asyncio.Future) -> None:
+    # A fetch abandoned at its deadline: consume its outcome so asyncio does not log it.
+    if not task.cancelled():
+        task.exception()

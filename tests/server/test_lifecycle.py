@@ -28,13 +28,17 @@ def fresh(_pool, tmp_path, demo_cache_dir):
 
     def start(*args, name="lifecycle", env=None):
         server = start_server(tmp_path, list(args), name=name, cache_dir=demo_cache_dir, env_extra=env)
-        started.append(server)
+        started.append((server, _tree(server.process.pid)))
         return server
 
     yield start
-    for server in started:
-        for process in _tree(server.process.pid):
-            process.kill()
+    # Whatever a failed test left running (orphans are no longer in the tree: use the snapshot).
+    for server, snapshot in started:
+        for process in [*_tree(server.process.pid), *snapshot]:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
         server.process.wait(timeout=30)
 
 

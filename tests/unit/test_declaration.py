@@ -98,3 +98,13 @@ def test_deprecated_seed_setting_is_still_accepted(monkeypatch):
     monkeypatch.setenv("MIPRUNER_SEED", "12")  # the new name wins
     assert MiprunerSettings().seed == 12
     assert MiprunerSettings(random_seed=5).seed == 5
+
+
+def test_server_docs_tables_match_the_declaration():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "server.md").read_text()
+    for p in PRUNING_PARAMETERS:
+        default = "unset" if p.default is None else str(p.default)
+        assert f"| `{p.request}` | {p.json_type} | {p.allowed} | {default} |" in text, p.request
+        assert f"| `{p.flag}` | `{p.env}` | {default}" in text, p.flag
