@@ -178,11 +178,15 @@ class GuardedMediaConnector(MediaConnector):
         # loop retries. asyncio.wait answers at the deadline whatever the fetch does with it.
         task = asyncio.ensure_future(fetch)
         done, _ = await asyncio.wait({task}, timeout=fetch_timeout + DEADLINE_SLACK_S)
-        if task in done:
+        too_slow = MediaURLRefused(f"fetching the media URL took longer than the server's {fetch_timeout} s fetch timeout")
+        if task not in done:
+            task.cancel()
+            task.add_done_callback(_retrieve_exception)
+            raise too_slow
+        try:
             return task.result()
-        task.cancel()
-        task.add_done_callback(_retrieve_exception)
-        raise MediaURLRefused(f"fetching the media URL took longer than the server's {fetch_timeout} s fetch timeout")
+        except TimeoutError:  # the last attempt's own timeout: the client's URL, a 400 not a 500
+            raise too_slow from None
 
 
 def _retrieve_exception(task: asyncio.Future) -> None:

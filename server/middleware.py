@@ -87,12 +87,12 @@ class _Replay:
 
 def _headers_for(scope: Scope, length: int | None) -> list[tuple[bytes, bytes]]:
     """The request headers vLLM should see: one Content-Type (the first, the one it reads) and
-    a Content-Length matching the re-serialised body."""
+    a Content-Length matching the re-serialised body (no Transfer-Encoding: it is not chunked)."""
     kept: list[tuple[bytes, bytes]] = []
     seen_type = False
     for key, value in scope.get("headers", []):
         name = key.lower()
-        if name == b"content-length" or (name == b"content-type" and seen_type):
+        if name in (b"content-length", b"transfer-encoding") or (name == b"content-type" and seen_type):
             continue
         seen_type = seen_type or name == b"content-type"
         kept.append((key, value))
