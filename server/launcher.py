@@ -7,8 +7,8 @@ architecture override, trusted per-request kwargs, the CPU worker, position-reco
 
 ``mipruner-vllm serve`` is a small supervisor (:func:`supervise`, no vLLM import) around the
 server process (:func:`serve`): it forwards stop signals, cleans up whatever the server leaves
-behind (engine processes, the metrics directory) and exits with the server's status, which is 1
-when vLLM's engine died. The server process does, in this order (the order matters):
+behind (engine processes, the metrics directory) and exits with the server's status, which is
+:data:`ENGINE_DIED_STATUS` (3) when vLLM's engine died. The server process does, in this order (the order matters):
 
 1. process environment, before anything imports prometheus_client or starts a vLLM process:
    a fresh ``PROMETHEUS_MULTIPROC_DIR`` (worker metrics reach ``/metrics`` only through it) and,
@@ -331,7 +331,7 @@ def serve(argv: list[str]) -> int:
 
     # vLLM shuts the HTTP server down cleanly when its engine dies and returns normally; a
     # restart policy (docker --restart on-failure, systemd, Kubernetes) needs a failure status.
-    return 1 if ENGINE_STATE["died"] else 0
+    return ENGINE_DIED_STATUS if ENGINE_STATE["died"] else 0
 
 
 # -- the supervisor -------------------------------------------------------------------------------
@@ -342,6 +342,8 @@ SUPERVISED_ENV = "_MIPRUNER_SERVE_SUPERVISED"
 OWNED_METRICS_DIR_ENV = "_MIPRUNER_OWNED_METRICS_DIR"
 #: vLLM media connector with the media-URL policy (mipruner_vllm.server.media).
 MEDIA_CONNECTOR = "mipruner"
+#: Exit status when vLLM's engine died (distinct from Python's 1 for an uncaught exception).
+ENGINE_DIED_STATUS = 3
 #: Seconds the server gets to shut down after a forwarded SIGTERM / SIGINT before it is killed.
 SHUTDOWN_GRACE_S = 90.0
 _PR_SET_PDEATHSIG = 1
@@ -412,6 +414,10 @@ def supervise(argv: list[str]) -> int:
     _kill_group(child.pid)  # engine processes the server left behind, if any
     if made_here:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    if stop_since and returncode == ENGINE_DIED_STATUS:
+        # vLLM stops its engine first when asked to stop, so at exit the server cannot tell a
+        # requested stop from a death; the supervisor can: it forwarded the request.
+        return 0
     return returncode if returncode >= 0 else 128 - returncode
 
 

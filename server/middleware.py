@@ -15,8 +15,9 @@ every API-server process vLLM starts. It only routes; each concern lives in its 
   only when the response reached the client complete (a 200 with a whole body, or a stream that
   ended with its final event, and no client disconnect);
 * ``GET /openapi.json`` gets the pruning fields (:mod:`.protocol`);
-* at lifespan shutdown it notes whether vLLM's engine had died, so the launcher can exit with a
-  non-zero status (``docker --restart on-failure``, systemd and Kubernetes then restart it).
+* at lifespan shutdown it notes whether vLLM's engine had stopped, so the launcher can exit with a
+  failure status when nobody asked it to stop (``docker --restart on-failure``, systemd and
+  Kubernetes then restart it).
 """
 
 from __future__ import annotations

@@ -143,5 +143,5 @@ def test_engine_death_is_a_failure_exit_status_and_leaves_nothing(fresh):
     except httpx.HTTPError:
         pass
     returncode = server.process.wait(timeout=180)
-    assert returncode != 0, server.log_tail()
+    assert returncode == 3, server.log_tail()  # launcher.ENGINE_DIED_STATUS
     _assert_all_gone(processes, metrics_dir)
