@@ -167,3 +167,49 @@ def test_method_none_with_a_default_budget_round_trips(monkeypatch):
     kwargs = prepare_body({"pruning_method": "none"}, endpoint=CHAT_PATH, pruning_enabled=True)["mm_processor_kwargs"]
     assert kwargs["keep_ratio"] == 1.0  # none keeps everything, whatever the default budget
     assert params_from_request(kwargs).n_keep(16) == 16  # what the processor will do with it
+
+
+def test_policy_switches_relax_exactly_what_they_name():
+    from mipruner_vllm.config import MiprunerSettings
+
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}, "uuid": "a"}]}],
+        "media_io_kwargs": {"video": {"num_frames": 8}}}
+    strict = MiprunerSettings()
+    with pytest.raises(RequestRefused) as err:
+        apply_policy(body, route=CHAT_PATH, settings=strict, pruning_enabled=True)
+    assert err.value.field in ("media_io_kwargs.video.num_frames", "messages[0].content[0].uuid")
+    relaxed = MiprunerSettings(allowed_media_io_kwargs=["video.num_frames"], trust_media_uuids=True)
+    out = apply_policy(body, route=CHAT_PATH, settings=relaxed, pruning_enabled=True).body
+    assert out["media_io_kwargs"] == {"video": {"num_frames": 8}}
+    assert out["messages"][0]["content"][0]["uuid"] == "a"
+    with pytest.raises(RequestRefused) as err:  # another key of the same modality is still refused
+        apply_policy({"media_io_kwargs": {"video": {"fps": 100}}}, route=CHAT_PATH, settings=relaxed,
+                     pruning_enabled=True)
+    assert err.value.field == "media_io_kwargs.video.fps"
+
+
+def test_nested_processor_kwargs_and_routes():
+    settings = get_settings()
+    with pytest.raises(RequestRefused) as err:
+        apply_policy({"prompt": {"mm_processor_kwargs": {"max_pixels": 1}}}, route="/inference/v1/generate",
+                     settings=settings, pruning_enabled=True)
+    assert err.value.field == "prompt.mm_processor_kwargs.max_pixels"
+    # /invocations with a completions-shaped body: validated, nothing to act on, dropped.
+    out = apply_policy({"prompt": "x", "keep_ratio": 0.5}, route="/invocations", settings=settings,
+                       pruning_enabled=True).body
+    assert out == {"prompt": "x"}
+    for route in ("/v1/chat/completions/batch", "/v1/responses", "/invocations"):
+        decision = apply_policy({"messages": [], "keep_ratio": 0.5}, route=route, settings=settings, pruning_enabled=True)
+        assert decision.generate and decision.body["mm_processor_kwargs"]["keep_ratio"] == 0.5
+
+
+@pytest.mark.parametrize("key", ["Keep_Ratio", "KEEP_RATIO", "keepRatio", "keep-ratio", "Pruning-Method", "mipruner"])
+def test_lookalikes_name_the_field_to_use(key):
+    from mipruner_vllm.server.policy import canonical
+
+    with pytest.raises(RequestRefused) as err:
+        apply_policy({key: 0.5}, route=CHAT_PATH, settings=get_settings(), pruning_enabled=True)
+    assert err.value.field == key
+    if key != "mipruner":
+        assert f"'{canonical(key)}'" in err.value.message
