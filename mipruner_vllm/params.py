@@ -1,82 +1,86 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pruning parameters of one request: validation, defaults and the budget rule (DESIGN.md 2.4).
+"""Pruning parameters of one request: validation, defaults and the budget rule (DESIGN 2.4).
 
-Everything that takes pruning arguments from a user (``select_tokens``, the vLLM processor, the
-server) goes through :func:`resolve_params`, so the allowed values and the error wording are
-defined once, here. This module imports neither torch nor vLLM.
+Both validation models are generated from :data:`mipruner_vllm.config.PRUNING_PARAMETERS`, so a
+range, a default or an error message is written once:
+
+* :class:`PruningParams`, the resolved parameters of one selection (Python names), built by
+  :func:`resolve_params` (the Python entry: ``select_tokens``, the vLLM processor);
+* :class:`RequestFields`, the request form (request names, JSON types checked strictly), used by
+  :func:`params_from_request` (the HTTP and ``mm_processor_kwargs`` entry) and by the server's
+  OpenAPI schema.
+
+This module imports neither torch nor vLLM.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from mipruner_vllm.config import (
-    AGGREGATIONS,
-    NORMALIZATIONS,
-    PRUNING_METHODS,
-    Aggregation,
+    PARAMETERS_BY_NAME,
+    PARAMETERS_BY_REQUEST,
+    PRUNING_PARAMETERS,
     MiprunerSettings,
-    Normalization,
-    PruningMethod,
     get_settings,
 )
 from mipruner_vllm.errors import PruningParameterError
 
-#: Human-readable allowed values, used verbatim in every error message (and by the server).
-ALLOWED_VALUES: dict[str, str] = {
-    "keep_ratio": "a number in (0, 1]",
-    "keep_tokens": "an integer >= 1",
-    "method": "one of " + ", ".join(PRUNING_METHODS),
-    "mi_lambda": "a number in [0, 1]",
-    "mi_tau": "a number in [0.001, 1000]",
-    "aggregation": "one of " + ", ".join(AGGREGATIONS),
-    "normalization": "one of " + ", ".join(NORMALIZATIONS),
-    "trim_stage1_ratio": "a number in (0, 1]",
-    "seed": "an integer >= 0",
-}
+#: Human-readable allowed values by Python name, used verbatim in every error message.
+ALLOWED_VALUES: dict[str, str] = {p.name: p.allowed for p in PRUNING_PARAMETERS}
+
+#: Request field name -> Python name (``pruning_method`` -> ``method``).
+REQUEST_FIELDS: dict[str, str] = {p.request: p.name for p in PRUNING_PARAMETERS}
+_REQUEST_NAME = {name: request for request, name in REQUEST_FIELDS.items()}
+#: A key with one of these prefixes is meant as a pruning field; one not in REQUEST_FIELDS is a
+#: typo (``keep_ration``) and is refused rather than forwarded to the Hugging Face processor.
+PRUNING_PREFIXES: tuple[str, ...] = ("keep_", "mi_", "pruning_", "trim_")
+
+_NUMBER_FIELDS = tuple(p.name for p in PRUNING_PARAMETERS if p.kind in (int, float))
 
 
-class PruningParams(BaseModel):
-    """Validated, fully resolved parameters of one selection (one media item).
+def _show(value: Any) -> str:
+    # Bounded: a 10**400 seed must not make a 400-digit error message.
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
-    Exactly one of ``keep_ratio`` / ``keep_tokens`` is set after :func:`resolve_params`.
-    Instances are frozen and hashable; equal settings compare (and hash) equal.
-    """
+
+class _PruningParamsBase(BaseModel):
+    """Methods of :class:`PruningParams`; its fields come from the declaration."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False, allow_inf_nan=False)
 
-    keep_ratio: float | None = Field(None, gt=0.0, le=1.0)
-    keep_tokens: int | None = Field(None, ge=1, strict=True)
-    method: PruningMethod = "mi"
-    mi_lambda: float = Field(1.0, ge=0.0, le=1.0)
-    mi_tau: float = Field(0.1, ge=1e-3, le=1e3)
-    aggregation: Aggregation = "max"
-    normalization: Normalization = "softmax"
-    trim_stage1_ratio: float = Field(0.8, gt=0.0, le=1.0)
-    seed: int = Field(0, ge=0, strict=True)
+    @field_validator(*_NUMBER_FIELDS, mode="before", check_fields=False)
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        # pydantic (lax mode) reads True as 1 / 1.0; a boolean is never a valid budget or weight.
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a number")
+        return value
 
     @property
     def prunes(self) -> bool:
         """False when every token is kept whatever N_V is (the stock-vLLM path)."""
-        if self.method == "none":
+        if self.method == "none":  # type: ignore[attr-defined]
             return False
-        return self.keep_tokens is not None or (self.keep_ratio is not None and self.keep_ratio < 1.0)
+        return self.keep_tokens is not None or (self.keep_ratio is not None and self.keep_ratio < 1.0)  # type: ignore[attr-defined]
 
     @property
     def applied_method(self) -> str:
         """The method that really runs: ``"none"`` when nothing is pruned (metrics, usage)."""
-        return self.method if self.prunes else "none"
+        return self.method if self.prunes else "none"  # type: ignore[attr-defined]
 
     def n_keep(self, n_visual: int) -> int:
-        """The budget rule of DESIGN.md 2.4 for an item of ``n_visual`` tokens."""
-        if self.method == "none":
+        """The budget rule of DESIGN 2.4 for an item of ``n_visual`` tokens."""
+        if self.method == "none":  # type: ignore[attr-defined]
             return n_visual
-        return n_keep(n_visual, keep_ratio=self.keep_ratio, keep_tokens=self.keep_tokens)
+        return n_keep(n_visual, keep_ratio=self.keep_ratio, keep_tokens=self.keep_tokens)  # type: ignore[attr-defined]
 
     def n_keep_per_frame(self, frames: int, tokens_per_frame: int) -> list[int]:
         """The budget rule for a video whose frames each need their own placeholder count.
@@ -94,77 +98,111 @@ class PruningParams(BaseModel):
         base, extra = divmod(total, frames)
         return [max(1, base + (frame < extra)) for frame in range(frames)]
 
+    @classmethod
+    def from_request_fields(cls, fields: Mapping[str, Any]) -> PruningParams:
+        """Rebuild parameters from :func:`request_fields` output that was validated already.
 
-def _reject_bool(field: str, value: Any) -> None:
-    # pydantic (lax mode) reads True as 1 / 1.0; a JSON boolean is never a valid budget or weight.
+        For the processor, which carries the normalised fields in the (hashed) processor kwargs
+        and must not validate them a second time.
+        """
+        values: dict[str, Any] = {p.name: None for p in PRUNING_PARAMETERS if p.optional or p.name == "keep_ratio"}
+        values.update({REQUEST_FIELDS[k]: v for k, v in fields.items()})
+        return cls.model_construct(**values)  # type: ignore[return-value]
+
+
+def _python_field(p: Any) -> tuple[Any, Any]:
+    # Budgets are optional here (exactly one is set after resolve_params); the rest always set.
+    budget = p.name in ("keep_ratio", "keep_tokens")
+    annotation = p.annotation() | None if budget else p.annotation()
+    extra = {"strict": True} if p.kind is int else {}  # 4.0 is not an integer budget or seed
+    return annotation, Field(None if budget else p.default, **extra, **p.constraints())
+
+
+#: Validated, fully resolved parameters of one selection (one media item). Exactly one of
+#: ``keep_ratio`` / ``keep_tokens`` is set after :func:`resolve_params`. Frozen and hashable.
+PruningParams: type[_PruningParamsBase] = create_model(  # type: ignore[call-overload]
+    "PruningParams",
+    __base__=_PruningParamsBase,
+    __module__=__name__,
+    **{p.name: _python_field(p) for p in PRUNING_PARAMETERS},
+)
+
+
+class _RequestFieldsBase(BaseModel):
+    """Per-request pruning parameters, accepted at the top level of the generate routes
+    (``extra_body`` in the ``openai`` client) and inside ``mm_processor_kwargs``. Unset fields
+    take the server's defaults (``mipruner-vllm serve --keep-ratio ...`` or ``MIPRUNER_*``)."""
+
+    # strict: JSON types as JSON means them (true is not a number, 4.0 is not an integer, "0.5"
+    # is not a number); NaN and Infinity (which Python's json reads) are refused.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+#: The request form of the parameters (request names); also the OpenAPI schema of the fields.
+RequestFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "MIPrunerRequestFields",
+    __base__=_RequestFieldsBase,
+    __module__=__name__,
+    **{
+        p.request: (p.annotation() | None, Field(None, description=f"{p.description} Allowed: {p.allowed}.",
+                                                   **p.constraints()))
+        for p in PRUNING_PARAMETERS
+    },
+)
+
+
+def _error(exc: ValidationError, names: Mapping[str, Any]) -> PruningParameterError:
+    """The first validation error as a :class:`PruningParameterError` naming the field."""
+    error = exc.errors()[0]
+    key = str(error["loc"][0]) if error["loc"] else "parameters"
+    parameter = names.get(key)
+    field = key
+    if error["type"] == "extra_forbidden":
+        return PruningParameterError(field, "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS))
+    if parameter is None:
+        return PruningParameterError(field, f"invalid value {_show(error.get('input'))}")
+    value = error.get("input")
+    got = _show(value)
+    kind = _json_kind(value)
+    if kind != parameter.json_type and not (parameter.json_type == "number" and kind == "integer"):
+        got += f" (a JSON {kind}, expected a JSON {parameter.json_type})"
+    return PruningParameterError(field, f"must be {parameter.allowed}, got {got}")
+
+
+def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
-        raise PruningParameterError(field, f"must be {ALLOWED_VALUES[field]}, got {value!r}")
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null" if value is None else type(value).__name__
 
 
-def resolve_params(
-    *,
-    keep_ratio: float | None = None,
-    keep_tokens: int | None = None,
-    method: str | None = None,
-    mi_lambda: float | None = None,
-    mi_tau: float | None = None,
-    aggregation: str | None = None,
-    normalization: str | None = None,
-    trim_stage1_ratio: float | None = None,
-    seed: int | None = None,
-    settings: MiprunerSettings | None = None,
-) -> PruningParams:
-    """Validate user arguments and fill the missing ones from the settings object.
-
-    Raises :class:`PruningParameterError` naming the argument and its allowed values. Giving both
-    budgets is an error; giving neither uses the settings' default budget. ``method="none"``
-    keeps every token, so an explicit budget below everything with it is an error too.
-    """
+def _resolve(given: Mapping[str, Any], settings: MiprunerSettings | None) -> PruningParams:
+    """Fill unset Python-named values from the settings, apply the budget rules, validate."""
     settings = settings or get_settings()
-    given = {
-        "keep_ratio": keep_ratio,
-        "keep_tokens": keep_tokens,
-        "method": method,
-        "mi_lambda": mi_lambda,
-        "mi_tau": mi_tau,
-        "aggregation": aggregation,
-        "normalization": normalization,
-        "trim_stage1_ratio": trim_stage1_ratio,
-        "seed": seed,
-    }
-    for field, value in given.items():
-        if value is not None and field not in ("method", "aggregation", "normalization"):
-            _reject_bool(field, value)
+    keep_ratio, keep_tokens = given.get("keep_ratio"), given.get("keep_tokens")
     if keep_ratio is not None and keep_tokens is not None:
-        raise PruningParameterError(
-            "keep_tokens", "give either keep_ratio or keep_tokens, not both"
-        )
+        raise PruningParameterError("keep_tokens", "give either keep_ratio or keep_tokens, not both")
+    values = {p.name: given[p.name] if given.get(p.name) is not None else getattr(settings, p.name)
+              for p in PRUNING_PARAMETERS}
     if keep_ratio is None and keep_tokens is None:
-        if settings.keep_tokens is not None:
-            budget: dict[str, Any] = {"keep_tokens": settings.keep_tokens}
-        else:
-            budget = {"keep_ratio": settings.keep_ratio}
+        # The settings' default budget: keep_tokens replaces keep_ratio when it is set.
+        values["keep_ratio"] = None if settings.keep_tokens is not None else settings.keep_ratio  # type: ignore[attr-defined]
     else:
-        budget = {"keep_ratio": keep_ratio} if keep_ratio is not None else {"keep_tokens": keep_tokens}
-    values = {
-        **budget,
-        "method": method if method is not None else settings.method,
-        "mi_lambda": mi_lambda if mi_lambda is not None else settings.mi_lambda,
-        "mi_tau": mi_tau if mi_tau is not None else settings.mi_tau,
-        "aggregation": aggregation if aggregation is not None else settings.aggregation,
-        "normalization": normalization if normalization is not None else settings.normalization,
-        "trim_stage1_ratio": trim_stage1_ratio if trim_stage1_ratio is not None else settings.trim_stage1_ratio,
-        "seed": seed if seed is not None else settings.random_seed,
-    }
+        values["keep_ratio"], values["keep_tokens"] = keep_ratio, keep_tokens
     try:
         params = PruningParams(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "parameters"
-        raise PruningParameterError(
-            field, f"must be {ALLOWED_VALUES.get(field, 'valid')}, got {error.get('input')!r}"
-        ) from None
-    if params.method == "none":
+        raise _error(exc, PARAMETERS_BY_NAME) from None
+    if params.method == "none":  # type: ignore[attr-defined]
         if (keep_ratio is not None and keep_ratio < 1.0) or keep_tokens is not None:
             raise PruningParameterError(
                 "method", "'none' keeps every token; leave keep_ratio/keep_tokens unset (or keep_ratio=1)"
@@ -172,27 +210,34 @@ def resolve_params(
         # A default budget means nothing next to 'none': store the budget it really has, so the
         # parameters round-trip through request_fields / params_from_request unchanged.
         params = params.model_copy(update={"keep_ratio": 1.0, "keep_tokens": None})
-    return params
+    return params  # type: ignore[return-value]
 
 
-#: Names of the pruning fields in a request (HTTP body, ``mm_processor_kwargs``) and the
-#: :func:`resolve_params` argument each maps to. The request names carry a prefix where the bare
-#: name would be ambiguous next to other OpenAI/vLLM fields (``pruning_method``, not ``method``).
-REQUEST_FIELDS: dict[str, str] = {
-    "keep_ratio": "keep_ratio",
-    "keep_tokens": "keep_tokens",
-    "pruning_method": "method",
-    "mi_lambda": "mi_lambda",
-    "mi_tau": "mi_tau",
-    "mi_aggregation": "aggregation",
-    "mi_normalization": "normalization",
-    "trim_stage1_ratio": "trim_stage1_ratio",
-    "pruning_seed": "seed",
-}
-_REQUEST_NAME = {arg: field for field, arg in REQUEST_FIELDS.items()}
-#: A key with one of these prefixes is meant as a pruning field; one not in REQUEST_FIELDS is a
-#: typo (``keep_ration``) and is refused rather than forwarded to the Hugging Face processor.
-PRUNING_PREFIXES: tuple[str, ...] = ("keep_", "mi_", "pruning_", "trim_")
+def resolve_params(*, settings: MiprunerSettings | None = None, **values: Any) -> PruningParams:
+    """Validate user arguments (Python names) and fill the missing ones from the settings.
+
+    Raises :class:`PruningParameterError` naming the argument and its allowed values. Giving both
+    budgets is an error; giving neither uses the settings' default budget. ``method="none"``
+    keeps every token, so an explicit budget below everything with it is an error too. ``None``
+    means "use the default". The keyword arguments are those of
+    :data:`~mipruner_vllm.config.PRUNING_PARAMETERS` (see ``inspect.signature``).
+    """
+    unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
+    if unknown:
+        raise TypeError(f"resolve_params() got an unexpected keyword argument {unknown[0]!r}")
+    return _resolve(values, settings)
+
+
+def parameter_signature(*leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
+    """The keyword-only signature of the pruning parameters (for ``help()`` and IDEs)."""
+    params = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation=f"{p.kind.__name__} | None") for p in PRUNING_PARAMETERS]
+    return inspect.Signature([*leading, *params, *trailing])
+
+
+resolve_params.__signature__ = parameter_signature(  # type: ignore[attr-defined]
+    trailing=(inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, default=None),)
+)
 
 
 def split_pruning_fields(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -213,21 +258,20 @@ def split_pruning_fields(values: Mapping[str, Any]) -> tuple[dict[str, Any], dic
 
 
 def params_from_request(values: Mapping[str, Any], settings: MiprunerSettings | None = None) -> PruningParams:
-    """:func:`resolve_params` for request fields (see :data:`REQUEST_FIELDS`).
+    """Validate request fields (request names, JSON types strictly) and resolve the defaults.
 
     Unknown keys are errors, and errors name the field as the request spells it
     (``pruning_method``, not ``method``). ``None`` values mean "use the default".
     """
-    unknown = sorted(set(values) - set(REQUEST_FIELDS))
-    if unknown:
-        raise PruningParameterError(
-            unknown[0], "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
-        )
     try:
-        return resolve_params(**{REQUEST_FIELDS[k]: v for k, v in values.items()}, settings=settings)
+        fields = RequestFields.model_validate(dict(values))
+    except ValidationError as exc:
+        raise _error(exc, PARAMETERS_BY_REQUEST) from None
+    given = {REQUEST_FIELDS[k]: v for k, v in fields.model_dump(exclude_none=True).items()}
+    try:
+        return _resolve(given, settings)
     except PruningParameterError as exc:
-        field = _REQUEST_NAME.get(exc.field, exc.field)
-        raise PruningParameterError(field, exc.message) from None
+        raise PruningParameterError(_REQUEST_NAME.get(exc.field, exc.field), exc.message) from None
 
 
 def request_fields(params: PruningParams) -> dict[str, Any]:
@@ -235,22 +279,16 @@ def request_fields(params: PruningParams) -> dict[str, Any]:
 
     Equal settings give equal dicts (and so equal multimodal hashes in vLLM).
     """
-    values = {
-        "keep_ratio": None if params.keep_ratio is None else float(params.keep_ratio),
-        "keep_tokens": params.keep_tokens,
-        "pruning_method": params.method,
-        "mi_lambda": float(params.mi_lambda),
-        "mi_tau": float(params.mi_tau),
-        "mi_aggregation": params.aggregation,
-        "mi_normalization": params.normalization,
-        "trim_stage1_ratio": float(params.trim_stage1_ratio),
-        "pruning_seed": params.seed,
-    }
-    return {k: values[k] for k in sorted(values) if values[k] is not None}
+    values = {}
+    for p in PRUNING_PARAMETERS:
+        value = getattr(params, p.name)
+        if value is not None:
+            values[p.request] = float(value) if p.kind is float else value
+    return dict(sorted(values.items()))
 
 
 def n_keep(n_visual: int, *, keep_ratio: float | None = None, keep_tokens: int | None = None) -> int:
-    """Budget rule (DESIGN.md 2.4), the one function both processor and model use.
+    """Budget rule (DESIGN 2.4), the one function both processor and model use.
 
     ``clamp(ceil(keep_ratio * N_V), 1, N_V)`` or ``clamp(keep_tokens, 1, N_V)``. The ratio is read
     as the shortest decimal that round-trips its float (``0.07`` is 7/100, so 0.07 x 100 = 7 and

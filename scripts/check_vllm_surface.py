@@ -37,9 +37,9 @@ def wheel_for(version: str, download_dir: Path) -> Path:
     return found[0]
 
 
-def resolved_location(source: VllmSource, locations: tuple[str, ...], params: tuple[str, ...] | None) -> str | None:
-    for location in locations:
-        if not check(source, [VllmName("probe", "import", "", (location,), params)]):
+def resolved_location(source: VllmSource, name: VllmName) -> str | None:
+    for location in name.locations:
+        if not check(source, [VllmName("probe", name.use, "", (location,), name.params, name.params_prefix)]):
             return location
     return None
 
@@ -75,7 +75,7 @@ def main() -> int:
             print(f"|   | | {problem} |")
         for name in SURFACE:
             if len(name.locations) > 1:
-                where = resolved_location(source, name.locations, name.params)
+                where = resolved_location(source, name)
                 moved.append(f"- vllm {source.version}: `{name.key}` from `{where}`")
     if moved:
         print("\nNames with more than one location (resolved per release):")

@@ -2,11 +2,14 @@
 """How pruning parameters and query tokens travel from the processor to the model, per item.
 
 vLLM hands ``embed_multimodal`` only the per-item tensors the processor produced, batched across
-requests (one call may mix items of many requests, each with its own parameters; pitfall 13 of
-the integration memo). So every item carries two extra fields:
+requests (one call may mix items of many requests, each with its own parameters). So every item
+carries two extra fields:
 
-* ``mipruner_<modality>_params``: a float64 vector (:data:`PARAM_LAYOUT`) holding the resolved
-  :class:`~mipruner_vllm.params.PruningParams` of the item's request;
+* ``mipruner_<modality>_params``: an int64 vector, one slot per parameter of
+  :data:`~mipruner_vllm.config.PRUNING_PARAMETERS` in declaration order, holding the resolved
+  :class:`~mipruner_vllm.params.PruningParams` of the item's request. Every value is carried
+  exactly: integers (budget, seed: a seed above 2**53 would be rounded by a float64) as
+  themselves, numbers as the bits of their float64, choices as their index;
 * ``mipruner_<modality>_text_ids``: an int64 vector of the item's query token ids (may be empty).
 
 Every item carries both, pruned or not (unpruned items carry :data:`KEEP_ALL`), because vLLM puts
@@ -15,13 +18,13 @@ items with different field sets into different encoder batches. This module is t
 
 from __future__ import annotations
 
-import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from mipruner_vllm.config import AGGREGATIONS, NORMALIZATIONS, PRUNING_METHODS
+from mipruner_vllm.config import PRUNING_PARAMETERS
 from mipruner_vllm.params import REQUEST_FIELDS, PruningParams
 
 #: The one key the processor adds to ``mm_processor_kwargs`` (and so to the multimodal hash)
@@ -32,18 +35,12 @@ PRUNING_KWARG = "mipruner"
 #: so that cached encoder outputs and prefix-cache blocks of the old selection are not reused.
 SELECTION_VERSION = 1
 
-#: Order of the values in the params vector.
-PARAM_LAYOUT = (
-    "keep_ratio",  # NaN when keep_tokens is the budget
-    "keep_tokens",  # -1 when keep_ratio is the budget
-    "method",  # index into PRUNING_METHODS
-    "mi_lambda",
-    "mi_tau",
-    "aggregation",  # index into AGGREGATIONS
-    "normalization",  # index into NORMALIZATIONS
-    "trim_stage1_ratio",
-    "seed",
-)
+#: Order of the values in the params vector (the declaration order).
+PARAM_LAYOUT: tuple[str, ...] = tuple(p.name for p in PRUNING_PARAMETERS)
+
+#: The slot value of an unset optional parameter (keep_tokens when keep_ratio is the budget, and
+#: keep_ratio when keep_tokens is): no valid value encodes to it (budgets are >= 1 or in (0, 1]).
+UNSET = -(2**63)
 
 #: Parameters of an item that keeps every token (the stock-vLLM path).
 KEEP_ALL = PruningParams(keep_ratio=1.0, method="none")
@@ -61,40 +58,50 @@ def text_field(modality: str) -> str:
 
 
 def strip_pruning_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``kwargs`` without any pruning key: what Hugging Face processors may see (pitfall 4)."""
+    """``kwargs`` without any pruning key: what Hugging Face processors may see."""
     return {k: v for k, v in kwargs.items() if k not in PRUNING_REQUEST_KEYS}
 
 
+def _float_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def _bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
 def encode_params(params: PruningParams) -> torch.Tensor:
-    values = [
-        math.nan if params.keep_ratio is None else float(params.keep_ratio),
-        -1.0 if params.keep_tokens is None else float(params.keep_tokens),
-        float(PRUNING_METHODS.index(params.method)),
-        float(params.mi_lambda),
-        float(params.mi_tau),
-        float(AGGREGATIONS.index(params.aggregation)),
-        float(NORMALIZATIONS.index(params.normalization)),
-        float(params.trim_stage1_ratio),
-        float(params.seed),
-    ]
-    return torch.tensor(values, dtype=torch.float64)
+    """The params vector of one item (see the module docstring); exact for every value."""
+    slots = []
+    for p in PRUNING_PARAMETERS:
+        value = getattr(params, p.name)
+        if value is None:
+            slots.append(UNSET)
+        elif p.choices is not None:
+            slots.append(p.choices.index(value))
+        elif p.kind is float:
+            slots.append(_float_bits(value))
+        else:
+            slots.append(int(value))
+    return torch.tensor(slots, dtype=torch.int64)
 
 
 def decode_params(vector: torch.Tensor) -> PruningParams:
-    v = [float(x) for x in vector.reshape(-1).tolist()]
-    if len(v) != len(PARAM_LAYOUT):
-        raise ValueError(f"pruning params vector has {len(v)} values, expected {len(PARAM_LAYOUT)}")
-    return PruningParams(
-        keep_ratio=None if math.isnan(v[0]) else v[0],
-        keep_tokens=None if v[1] < 0 else int(v[1]),
-        method=PRUNING_METHODS[int(v[2])],
-        mi_lambda=v[3],
-        mi_tau=v[4],
-        aggregation=AGGREGATIONS[int(v[5])],
-        normalization=NORMALIZATIONS[int(v[6])],
-        trim_stage1_ratio=v[7],
-        seed=int(v[8]),
-    )
+    """The inverse of :func:`encode_params` (the values were validated where they entered)."""
+    slots = [int(x) for x in vector.reshape(-1).tolist()]
+    if len(slots) != len(PARAM_LAYOUT):
+        raise ValueError(f"pruning params vector has {len(slots)} values, expected {len(PARAM_LAYOUT)}")
+    values: dict[str, Any] = {}
+    for p, slot in zip(PRUNING_PARAMETERS, slots, strict=True):
+        if slot == UNSET:
+            values[p.name] = None
+        elif p.choices is not None:
+            values[p.name] = p.choices[slot]
+        elif p.kind is float:
+            values[p.name] = _bits_float(slot)
+        else:
+            values[p.name] = slot
+    return PruningParams.model_construct(**values)  # type: ignore[return-value]
 
 
 def unbatch(value: Any, n: int) -> list[torch.Tensor]:

@@ -55,6 +55,7 @@ from mipruner_vllm.integration.fields import (
 from mipruner_vllm.integration.query import query_token_ids
 from mipruner_vllm.outcome import record_item
 from mipruner_vllm.params import (
+    PruningParams,
     params_from_request,
     request_fields,
     split_pruning_fields,
@@ -153,7 +154,8 @@ class MIPrunerProcessorMixin:
         processed = super()._apply_hf_processor_main(mm_items, strip_pruning_kwargs(hf_kwargs))  # type: ignore[misc]
         counts = mm_items.get_all_counts()
         if spec is not None:
-            params = params_from_request(spec["params"])  # type: ignore[index]
+            # Validated in apply(); the spec carries the normalised fields (request_fields).
+            params = PruningParams.from_request_fields(spec["params"])  # type: ignore[index]
         for modality in self.mipruner_modalities:
             n = counts.get(modality, 0)
             if not n:
@@ -213,7 +215,11 @@ class MIPrunerProcessorMixin:
                     for update in updates:
                         content = update.content
                         if isinstance(content, PrunedPlaceholder):
-                            record_item(modality, content.n_visual, content.n_kept, content.method)
+                            # An item kept whole (a budget above its N_V) is labelled "none",
+                            # whatever method was asked for: nothing was selected.
+                            kept_whole = content.n_kept >= content.n_visual
+                            method = "none" if kept_whole else content.method
+                            record_item(modality, content.n_visual, content.n_kept, method)
         return result
 
     # -- family hooks ----------------------------------------------------------------------------------

@@ -62,10 +62,14 @@ class VllmName:
     why: str
     locations: tuple[str, ...]
     params: tuple[str, ...] | None = None
+    #: The override passes ``**kwargs`` on, so parameters vLLM appends after ``params`` are fine.
+    params_prefix: bool = False
 
 
-def _n(key: str, use: Use, why: str, *locations: str, params: Iterable[str] | None = None) -> VllmName:
-    return VllmName(key, use, why, tuple(locations), None if params is None else tuple(params))
+def _n(
+    key: str, use: Use, why: str, *locations: str, params: Iterable[str] | None = None, params_prefix: bool = False
+) -> VllmName:
+    return VllmName(key, use, why, tuple(locations), None if params is None else tuple(params), params_prefix)
 
 
 _PROCESSOR = "vllm.multimodal.processing.processor:BaseMultiModalProcessor"
@@ -207,6 +211,30 @@ SURFACE: tuple[VllmName, ...] = (
     _n("init_app_state", "attribute", "sets app.state.vllm_config and app.state.engine_client, "
        "which the pruning layer reads", "vllm.entrypoints.openai.api_server:init_app_state"),
     _n("EngineClient.renderer", "attribute", "where the renderer hangs", "vllm.engine.protocol:EngineClient.renderer"),
+    _n("EngineClient.errored", "attribute", "the server exits with a failure status when the engine "
+       "died, so a restart policy restarts it", "vllm.engine.protocol:EngineClient.errored"),
+    # --- the media-URL policy (server/media.py), through vLLM's media connector registry -------
+    _n("MEDIA_CONNECTOR_REGISTRY", "import", "registers the guarded media connector that "
+       "VLLM_MEDIA_CONNECTOR selects", "vllm.multimodal.media:MEDIA_CONNECTOR_REGISTRY"),
+    _n("MediaConnector", "subclass", "refuses non-public media URLs and bounds the whole fetch",
+       "vllm.multimodal.media:MediaConnector"),
+    _n("MediaConnector.__init__", "override", "passes the guarded HTTP connection",
+       "vllm.multimodal.media.connector:MediaConnector.__init__",
+       params=("self", "media_io_kwargs", "connection", "*", "allowed_local_media_path", "allowed_media_domains"),
+       params_prefix=True),  # 0.33 appends decoded_budget, download_budget; ours passes them on
+    _n("MediaConnector.load_from_url", "override", "checks the URL first",
+       "vllm.multimodal.media.connector:MediaConnector.load_from_url",
+       params=("self", "url", "media_io", "*", "fetch_timeout")),
+    _n("MediaConnector.load_from_url_async", "override", "checks the URL first and bounds the fetch",
+       "vllm.multimodal.media.connector:MediaConnector.load_from_url_async",
+       params=("self", "url", "media_io", "*", "fetch_timeout")),
+    _n("HTTPConnection", "subclass", "the HTTP client whose resolver refuses non-public addresses, "
+       "on every redirect hop", "vllm.connections:HTTPConnection"),
+    _n("HTTPConnection.get_async_client", "override", "the guarded aiohttp session",
+       "vllm.connections:HTTPConnection.get_async_client", params=("self",)),
+    _n("HTTPConnection.get_response", "override", "the guarded synchronous fetch",
+       "vllm.connections:HTTPConnection.get_response",
+       params=("self", "url", "*", "stream", "timeout", "extra_headers", "allow_redirects")),
 ) + tuple(
     name
     for module, stem in _FAMILIES.items()
@@ -427,7 +455,9 @@ def _params(function: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, ...]
     return tuple(out)
 
 
-def _check_location(source: VllmSource, location: str, params: tuple[str, ...] | None) -> str | None:
+def _check_location(
+    source: VllmSource, location: str, params: tuple[str, ...] | None, params_prefix: bool = False
+) -> str | None:
     """None when ``location`` exists in ``source`` with ``params``; else what is wrong."""
     module_name, _, qualname = location.partition(":")
     tree = source.module(module_name)
@@ -443,8 +473,10 @@ def _check_location(source: VllmSource, location: str, params: tuple[str, ...] |
         return f"class {module_name}:{head} not found"
     for node in cls.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == member:
-            if params is not None and _params(node) != params:
-                return f"{location} has parameters ({', '.join(_params(node))}), expected ({', '.join(params)})"
+            found = _params(node)
+            if params is not None and (found[: len(params)] if params_prefix else found) != params:
+                expected = ", ".join(params) + (", ..." if params_prefix else "")
+                return f"{location} has parameters ({', '.join(found)}), expected ({expected})"
             return None
     if params is None and (member in _assigned_names(cls.body) or member in _self_attributes(cls)):
         return None
@@ -466,7 +498,7 @@ def check(source: VllmSource, names: Iterable[VllmName] = SURFACE) -> list[Surfa
     for name in names:
         reasons = []
         for location in name.locations:
-            reason = _check_location(source, location, name.params)
+            reason = _check_location(source, location, name.params, name.params_prefix)
             if reason is None:
                 break
             reasons.append(reason)

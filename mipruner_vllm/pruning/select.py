@@ -10,13 +10,14 @@ backend produced each item (what the vLLM worker reports in its metrics).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
 
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.errors import PruningInputError
-from mipruner_vllm.params import PruningParams, resolve_params
+from mipruner_vllm.params import PruningParams, parameter_signature, resolve_params
 from mipruner_vllm.pruning.dispatch import Selection, dispatch, select_reference
 
 __all__ = ["Selection", "select_batch", "select_reference", "select_tokens", "select_tokens_batch"]
@@ -63,39 +64,31 @@ def select_tokens(
     visual: torch.Tensor,
     text: torch.Tensor,
     *,
-    keep_ratio: float | None = None,
-    keep_tokens: int | None = None,
-    method: str | None = None,
-    mi_lambda: float | None = None,
-    mi_tau: float | None = None,
-    aggregation: str | None = None,
-    normalization: str | None = None,
-    trim_stage1_ratio: float | None = None,
-    seed: int | None = None,
     backend: str | None = None,
+    **params: object,
 ) -> torch.Tensor:
     """Indices of the visual tokens to keep, ascending, exactly ``N_keep`` long.
 
     ``visual``: ``(N_V, d)`` projected visual embeddings of one media item (what the LLM would
     receive); ``text``: ``(N_T, d)`` input embeddings of the query tokens (``N_T`` may be 0).
-    Unset arguments take their defaults from :class:`~mipruner_vllm.config.MiprunerSettings`;
+    ``params`` are the pruning parameters by their Python names (``keep_ratio``, ``keep_tokens``,
+    ``method``, ``mi_lambda``, ``mi_tau``, ``aggregation``, ``normalization``,
+    ``trim_stage1_ratio``, ``seed``: :data:`mipruner_vllm.config.PRUNING_PARAMETERS`); unset ones
+    take their defaults from :class:`~mipruner_vllm.config.MiprunerSettings`.
     ``N_keep`` follows :func:`~mipruner_vllm.params.n_keep`. ``backend`` is ``"auto"`` (Triton
     for CUDA tensors, torch otherwise), ``"torch"`` or ``"triton"``. Any dtype is computed in
     float32. Raises :class:`~mipruner_vllm.errors.PruningParameterError` /
     :class:`~mipruner_vllm.errors.PruningInputError` (both ``ValueError``) on bad input.
     """
-    params = resolve_params(
-        keep_ratio=keep_ratio,
-        keep_tokens=keep_tokens,
-        method=method,
-        mi_lambda=mi_lambda,
-        mi_tau=mi_tau,
-        aggregation=aggregation,
-        normalization=normalization,
-        trim_stage1_ratio=trim_stage1_ratio,
-        seed=seed,
-    )
-    return select_tokens_batch([visual], [text], params, backend=backend)[0]
+    resolved = resolve_params(**params)
+    return select_tokens_batch([visual], [text], resolved, backend=backend)[0]
+
+
+select_tokens.__signature__ = parameter_signature(  # type: ignore[attr-defined]
+    inspect.Parameter("visual", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="torch.Tensor"),
+    inspect.Parameter("text", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="torch.Tensor"),
+    trailing=(inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None),),
+)
 
 
 def select_batch(

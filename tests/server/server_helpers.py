@@ -31,6 +31,8 @@ class Server:
     log: Path
     process: subprocess.Popen
     ready_after_s: float
+    #: MIPRUNER_DEBUG_DIR of the server: its workers log each selection to selections.jsonl there.
+    debug_dir: Path | None = None
 
     @property
     def api(self) -> str:
@@ -54,10 +56,12 @@ def serve_command() -> list[str]:
     return [sys.executable, "-m", "mipruner_vllm.cli", "serve"]
 
 
-def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cache_dir: Path | None = None) -> Server:
+def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cache_dir: Path | None = None,
+                 env_extra: dict[str, str] | None = None) -> Server:
     """Start ``mipruner-vllm serve`` on a free loopback port and wait for ``/health``.
 
-    ``cache_dir`` is where the embedded demo checkpoint is built (``MIPRUNER_CACHE_DIR``).
+    ``cache_dir`` is where the embedded demo checkpoint is built (``MIPRUNER_CACHE_DIR``). The
+    server logs its selections to a fresh ``debug_dir``; ``env_extra`` adds environment variables.
     """
     port = free_port()
     log = tmp_dir / f"{name}.log"
@@ -65,11 +69,15 @@ def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cac
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the launcher makes a fresh one
     if cache_dir is not None:
         env["MIPRUNER_CACHE_DIR"] = str(cache_dir)
+    debug_dir = tmp_dir / f"{name}-selections-{time.monotonic_ns()}"
+    debug_dir.mkdir(parents=True)
+    env["MIPRUNER_DEBUG_DIR"] = str(debug_dir)
+    env.update(env_extra or {})
     cmd = [*serve_command(), "--host", "127.0.0.1", "--port", str(port), *extra_args]
     started = time.monotonic()
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", log, process, 0.0)
+    server = Server(f"http://127.0.0.1:{port}", log, process, 0.0, debug_dir)
     deadline = started + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -167,3 +175,55 @@ def total(samples: dict, name: str, **labels: str) -> float:
         value for (n, lbls), value in samples.items()
         if n == name and all(dict(lbls).get(k) == v for k, v in labels.items())
     )
+
+
+def selections(server: Server) -> list[dict]:
+    """The selections the server's workers logged so far (one JSON object per pruned item)."""
+    import json
+
+    path = server.debug_dir / "selections.jsonl" if server.debug_dir else None
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def raw_http(base_url: str, request: bytes, timeout: float = 120.0) -> tuple[int, bytes]:
+    """Send ``request`` (bytes as they go on the wire) and return (status, body).
+
+    For what an HTTP client library would normalise away: duplicated headers, exact bytes.
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = []
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(data[:size])
+        data = data[size + 2 :]
+    return b"".join(out)
+
+
+def post_raw(base_url: str, path: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    """``POST path`` with exactly these headers (duplicates kept, in order) and ``Connection: close``."""
+    host = base_url.removeprefix("http://")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return raw_http(base_url, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from server_helpers import MODEL, N_VISUAL, chat_body, free_port, sample, scrape, total
 
+from mipruner_vllm.config import KEEP_TOKENS_MAX, SEED_MAX
 from mipruner_vllm.params import REQUEST_FIELDS, n_keep
 
 pytestmark = pytest.mark.server
@@ -90,7 +91,8 @@ def test_openapi_documents_pruning_fields(http):
         assert set(REQUEST_FIELDS) <= set(props)
         ratio = props["keep_ratio"]["anyOf"][0]
         assert (ratio["type"], ratio["exclusiveMinimum"], ratio["maximum"]) == ("number", 0.0, 1.0)
-        assert props["keep_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1}
+        assert props["keep_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": KEEP_TOKENS_MAX}
+        assert props["pruning_seed"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": SEED_MAX}
         assert "mi" in props["pruning_method"]["anyOf"][0]["enum"]
     assert set(components["MIPrunerUsage"]["properties"]) == {"visual_tokens", "visual_tokens_kept"}
     for path in ("/v1/chat/completions", "/v1/completions"):

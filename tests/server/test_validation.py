@@ -38,7 +38,7 @@ BAD_FIELDS = [
     ("processor-kwarg", {"mm_processor_kwargs": {"max_pixels": 10_000_000}}, "mm_processor_kwargs.max_pixels",
      "not an allowed processor argument"),
     ("processor-kwargs-type", {"mm_processor_kwargs": [1, 2]}, "mm_processor_kwargs", "object"),
-    ("processor-kwarg-bad-value", {"mm_processor_kwargs": {"keep_ratio": 7}}, "keep_ratio", "(0, 1]"),
+    ("processor-kwarg-bad-value", {"mm_processor_kwargs": {"keep_ratio": 7}}, "mm_processor_kwargs.keep_ratio", "(0, 1]"),
     ("given-twice", {"keep_ratio": 0.5, "mm_processor_kwargs": {"keep_ratio": 0.5}},
      "mm_processor_kwargs.keep_ratio", "both"),
 ]

@@ -66,6 +66,8 @@ def name(location: str, *more: str, params: tuple[str, ...] | None = None) -> Vl
         name("vllm.proc:Base.hook", params=("self", "mm_items", "hf_kwargs")),
         name("vllm.proc:Base.keyword_only", params=("self", "a", "*", "cache", "scheduler_config")),
         name("vllm.proc:Base.spread", params=("self", "*args", "**kwargs")),
+        # An override that passes **kwargs on accepts parameters vLLM appends.
+        VllmName("k", "override", "test", ("vllm.proc:Base.keyword_only",), ("self", "a", "*", "cache"), True),
         name("vllm.new_home:moved", "vllm.old_home:moved"),  # newest location first
         name("vllm.old_home:moved", "vllm.new_home:moved"),  # any order resolves
     ],
@@ -84,6 +86,7 @@ def test_present_names_pass(declared: VllmName) -> None:
         # An override whose base method gained a parameter: ours would not pass it on.
         (name("vllm.proc:Base.hook", params=("self", "mm_items")), "has parameters (self, mm_items, hf_kwargs)"),
         (name("vllm.proc:Base.keyword_only", params=("self", "a", "cache", "scheduler_config")), "expected"),
+        (VllmName("k", "override", "test", ("vllm.proc:Base.keyword_only",), ("self", "b"), True), "expected (self, b, ...)"),
     ],
 )
 def test_missing_or_changed_names_are_reported(declared: VllmName, reason: str) -> None:

@@ -1,0 +1,228 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The request policy of the server: a pure function of (body, route, settings).
+
+:func:`apply_policy` takes the parsed JSON body of any ``POST`` and returns the body vLLM should
+see, or raises :class:`RequestRefused` (an HTTP 400 naming the field). It has no I/O and no
+vLLM import, so it is tested directly, including by a property test over generated bodies.
+
+What it enforces (docs/security.md):
+
+* pruning fields: validated once (:func:`mipruner_vllm.params.params_from_request`) and moved,
+  fully resolved and normalised, into ``mm_processor_kwargs`` on the generate routes; refused
+  at the top level elsewhere; look-alikes in any case or separator style (``Keep_Ratio``,
+  ``keepRatio``, ``keep-ratio``) and a top-level ``mipruner`` are refused naming the field to use;
+* ``mm_processor_kwargs`` (anywhere in the body): only the pruning fields. The server runs
+  vLLM with ``--trust-request-mm-kwargs``, and this allow-list is what makes that safe: no other
+  processor argument (resolution, and so cost) reaches the processor;
+* ``media_io_kwargs`` (anywhere): only the ``modality.key`` names the operator allowed;
+* client media ``uuid`` (content parts) and ``multi_modal_uuids``: refused unless trusted;
+* nesting depth: bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from mipruner_vllm.config import MiprunerSettings
+from mipruner_vllm.errors import PruningParameterError
+from mipruner_vllm.params import (
+    PRUNING_PREFIXES,
+    REQUEST_FIELDS,
+    PruningParams,
+    params_from_request,
+    request_fields,
+)
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+CHAT_BATCH_PATH = "/v1/chat/completions/batch"
+RESPONSES_PATH = "/v1/responses"
+INVOCATIONS_PATH = "/invocations"
+#: Routes that generate (and so take top-level pruning fields, get usage fields and metrics).
+GENERATE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, CHAT_BATCH_PATH, RESPONSES_PATH, INVOCATIONS_PATH)
+
+#: The processor-kwargs key the plugin reserves for itself (the normalised, hashed spec).
+RESERVED_KEY = "mipruner"
+#: Keys of a content part that carry media: a part with one of these (or a ``type``) is media.
+MEDIA_PART_KEYS = frozenset({
+    "image_url", "video_url", "audio_url", "input_audio", "input_image", "image", "video",
+    "image_embeds", "video_embeds", "audio_embeds", "image_pil", "vision_chunk",
+})
+UUID_KEYS = ("multi_modal_uuids", "mm_uuids")
+
+
+class RequestRefused(ValueError):
+    """A request the policy refuses: HTTP 400 naming ``field`` (as the client spelled it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclasses.dataclass
+class Decision:
+    """What to send vLLM, and what the dispatcher should do around it."""
+
+    body: dict[str, Any]
+    #: True on a generate route: collect the pruning outcome, add usage fields, count metrics.
+    generate: bool
+    #: The resolved parameters when the request may prune (None when pruning is off).
+    params: PruningParams | None
+
+
+def canonical(key: str) -> str:
+    """``Keep_Ratio``, ``KEEP_RATIO``, ``keepRatio``, ``keep-ratio`` -> ``keep_ratio``."""
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
+    return re.sub(r"[\s\-.]+", "_", snake).strip("_").lower()
+
+
+def _lookalike(key: str) -> str | None:
+    """The refusal message for a top-level key meant as a pruning field but not one, else None."""
+    if key in REQUEST_FIELDS:
+        return None
+    name = canonical(key)
+    if name in REQUEST_FIELDS:
+        return f"pruning fields are spelt exactly; use '{name}'"
+    if name == RESERVED_KEY or name.startswith(RESERVED_KEY + "_"):
+        return ("is reserved for the plugin; the pruning fields are top-level: " + ", ".join(REQUEST_FIELDS))
+    if name.startswith(PRUNING_PREFIXES):
+        return "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
+    return None
+
+
+def _walk(body: Any, max_depth: int) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """Every object of ``body`` with its path (``messages[0].content[1]``), without recursion."""
+    stack: list[tuple[str, Any, int]] = [("", body, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        if depth > max_depth:
+            raise RequestRefused("body", f"nested deeper than {max_depth} levels")
+        if isinstance(value, dict):
+            yield path, value, depth
+            for key, child in value.items():
+                if isinstance(child, dict | list):
+                    stack.append((f"{path}.{key}" if path else str(key), child, depth + 1))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                if isinstance(child, dict | list):
+                    stack.append((f"{path}[{index}]", child, depth + 1))
+
+
+def _check_media_io_kwargs(path: str, value: Any, settings: MiprunerSettings) -> None:
+    allowed = set(settings.allowed_media_io_kwargs)
+    hint = ("allowed on this server: " + ", ".join(sorted(allowed))) if allowed else (
+        "this server accepts none (media_io_kwargs changes how media is decoded, and so the cost); "
+        "an operator can allow keys with --allowed-media-io-kwargs modality.key")
+    if not isinstance(value, dict):
+        raise RequestRefused(path, "must be an object of modality -> options; " + hint)
+    for modality, options in value.items():
+        if not isinstance(options, dict):
+            raise RequestRefused(f"{path}.{modality}", "must be an object of options; " + hint)
+        for key in options:
+            if f"{modality}.{key}" not in allowed:
+                raise RequestRefused(f"{path}.{modality}.{key}", "not an allowed media_io_kwargs key; " + hint)
+
+
+def _check_nested_processor_kwargs(path: str, value: Any) -> None:
+    # A nested mm_processor_kwargs (inside a prompt object, say) gets the same allow-list.
+    if not isinstance(value, dict):
+        raise RequestRefused(path, "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS))
+    for key in value:
+        if key not in REQUEST_FIELDS:
+            raise RequestRefused(f"{path}.{key}", "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS))
+    try:
+        params_from_request(value)
+    except PruningParameterError as exc:
+        raise RequestRefused(f"{path}.{exc.field}", exc.message) from None
+
+
+UUID_REFUSED = (
+    "client media uuids are not accepted on this server: vLLM would key its caches by the uuid "
+    "instead of the media, so one client could be answered from (or poison) another client's "
+    "media; remove it (the server hashes the media itself), or an operator can start the server "
+    "with --trust-media-uuids"
+)
+
+
+def _check_structure(body: Any, settings: MiprunerSettings) -> None:
+    """Depth, media_io_kwargs, uuids and nested mm_processor_kwargs anywhere in the body."""
+    for path, obj, depth in _walk(body, settings.max_json_depth):
+        for key, value in obj.items():
+            where = f"{path}.{key}" if path else key
+            if key == "media_io_kwargs" and value is not None:
+                _check_media_io_kwargs(where, value, settings)
+            elif key == "mm_processor_kwargs" and depth > 1 and value is not None:
+                _check_nested_processor_kwargs(where, value)
+            elif not settings.trust_media_uuids and value is not None and (
+                key in UUID_KEYS
+                or (key == "uuid" and depth > 1 and (isinstance(obj.get("type"), str) or MEDIA_PART_KEYS & obj.keys()))
+            ):
+                raise RequestRefused(where, UUID_REFUSED)
+
+
+def apply_policy(
+    body: Any, *, route: str, settings: MiprunerSettings, pruning_enabled: bool
+) -> Decision:
+    """Validate ``body`` (the parsed JSON of a POST to ``route``) and return what vLLM gets.
+
+    A pure function of its arguments (``body`` is not modified). Raises :class:`RequestRefused`.
+    """
+    if not isinstance(body, dict):
+        # No vLLM route takes a top-level array, but what it nests is checked all the same.
+        _check_structure(body, settings)
+        return Decision(body, generate=False, params=None)
+    _check_structure(body, settings)
+    body = dict(body)
+    generate = route in GENERATE_PATHS
+    given: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # request field -> where the client put it (errors name that)
+    for key in list(body):
+        if key in REQUEST_FIELDS:
+            origin[key] = key
+            value = body.pop(key)
+            if not generate:
+                raise RequestRefused(
+                    key, "top-level pruning fields are accepted on " + ", ".join(GENERATE_PATHS)
+                    + "; on this route put them in mm_processor_kwargs")
+            if value is not None:  # null = "use the server default", as in the OpenAI API
+                given[key] = value
+        elif (message := _lookalike(key)) is not None:
+            raise RequestRefused(key, message)
+
+    client_kwargs = body.pop("mm_processor_kwargs", None)
+    if client_kwargs is not None:
+        if not isinstance(client_kwargs, dict):
+            raise RequestRefused(
+                "mm_processor_kwargs", "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS))
+        for key, value in client_kwargs.items():
+            param = f"mm_processor_kwargs.{key}"
+            if key not in REQUEST_FIELDS:
+                raise RequestRefused(param, "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS))
+            if key in origin:
+                raise RequestRefused(param, "given both at the top level and in mm_processor_kwargs")
+            origin[key] = param
+            if value is not None:
+                given[key] = value
+    try:
+        params = params_from_request(given, settings=settings)
+    except PruningParameterError as exc:
+        raise RequestRefused(origin.get(exc.field, exc.field), exc.message) from None
+
+    if not pruning_enabled:
+        if given:
+            raise RequestRefused(
+                origin[sorted(given)[0]], "the served model has no pruning support (its architecture is not one "
+                "the mipruner plugin handles), so pruning fields cannot be honoured")
+        return Decision(body, generate=generate, params=None)
+    carries_media = route != COMPLETIONS_PATH and not (route == INVOCATIONS_PATH and "messages" not in body)
+    if (generate and carries_media) or (not generate and client_kwargs is not None):
+        # Always the fully resolved set: the processor then never falls back to its own defaults,
+        # and equal effective settings give byte-equal kwargs (and equal multimodal hashes).
+        body["mm_processor_kwargs"] = request_fields(params)
+    # /v1/completions carries no media in vLLM 0.32 (text or token prompts only), so the validated
+    # fields have nothing to act on there; usage then reports 0 visual tokens.
+    return Decision(body, generate=generate, params=params)
