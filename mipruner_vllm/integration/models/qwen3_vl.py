@@ -6,7 +6,7 @@
   LLM's input sees); the *rows* are selected on the full tensor, so each deepstack level keeps
   exactly the same tokens, in the same order, as the main embedding.
 * Positions: as for Qwen2/2.5-VL (:mod:`..mrope`). ``get_mrope_input_positions`` advances by the
-  placeholder length of an image (stock Qwen3-VL advances by ``h*w``, memo B3); every video frame
+  placeholder length of an image (stock Qwen3-VL advances by ``h*w``); every video frame
   is its own run of media tokens after its timestamp text, at positions ``(0, h, w)`` from the
   run's start, and the text after a frame continues as if nothing had been pruned.
 * Video budget: stock Qwen3-VL writes ``<t seconds><|vision_start|>`` pads ``<|vision_end|>`` for
