@@ -37,8 +37,6 @@ if not NATIVE:
 
 import pytest  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 
 @pytest.fixture(scope="session")
 def device() -> str:

@@ -20,7 +20,7 @@ import random
 
 import pytest
 import torch
-from kernel_helpers import assert_close_verbose, assert_same_topk
+from helpers.kernels import assert_close_verbose, assert_same_topk
 
 from mipruner_vllm.kernels.launch import mi_prune
 from mipruner_vllm.params import n_keep, resolve_params

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_helpers import TOLERANCES, assert_close_verbose, make_item
+from helpers.kernels import TOLERANCES, assert_close_verbose, make_item
 
 from mipruner_vllm.kernels.launch import mi_prune
 from mipruner_vllm.pruning import reference

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from kernel_helpers import TOLERANCES, assert_close_verbose, assert_same_topk, make_item
+from helpers.kernels import TOLERANCES, assert_close_verbose, assert_same_topk, make_item
 
 from mipruner_vllm.errors import KernelUnavailableError
 from mipruner_vllm.kernels._runtime import pack_items

@@ -10,16 +10,11 @@ and such modules are ordered last so the shared server starts only once.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-
-# --import-mode=importlib does not put test directories on sys.path; the helpers live beside us.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from server_helpers import Server, start_server, stop_server  # noqa: E402
+from helpers.server import Server, start_server, stop_server
 
 DEFAULT_ARGS: tuple[str, ...] = ("--max-num-seqs", "32")
 

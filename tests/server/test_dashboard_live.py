@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_helpers import MODEL, N_VISUAL, free_port, image_messages, scrape, total
+from helpers.server import MODEL, N_VISUAL, free_port, image_messages, scrape, total
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

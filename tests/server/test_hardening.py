@@ -16,7 +16,7 @@ import time
 
 import httpx
 import pytest
-from server_helpers import (
+from helpers.server import (
     MODEL,
     N_VISUAL,
     chat_body,

@@ -13,7 +13,7 @@ import time
 import httpx
 import psutil
 import pytest
-from server_helpers import MODEL, chat_body, start_server
+from helpers.server import MODEL, chat_body, start_server
 from test_hardening import _CountingServer, _url_body
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from server_helpers import MODEL, N_VISUAL, chat_body, free_port, sample, scrape, total
+from helpers.server import MODEL, N_VISUAL, chat_body, free_port, sample, scrape, total
 
 from mipruner_vllm.config import KEEP_TOKENS_MAX, SEED_MAX
 from mipruner_vllm.params import REQUEST_FIELDS, n_keep

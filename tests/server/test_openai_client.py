@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from server_helpers import MODEL, N_VISUAL, image_messages
+from helpers.server import MODEL, N_VISUAL, image_messages
 
 from mipruner_vllm.params import n_keep
 
@@ -128,7 +128,7 @@ def test_32_concurrent_requests_each_get_their_own_usage(client, unpruned_prompt
 
 def test_video_is_one_item_with_one_budget(client):
     """A video through the server: usage and the prompt follow the budget rule for the whole video."""
-    from server_helpers import video_data_url
+    from helpers.server import video_data_url
 
     def video_chat(**extra_body):
         messages = [

@@ -10,7 +10,7 @@ from the caches, and a bad field that is refused while the server keeps serving.
 from __future__ import annotations
 
 import pytest
-from server_helpers import image_data_url, video_data_url
+from helpers.server import image_data_url, video_data_url
 
 from mipruner_vllm.params import n_keep
 

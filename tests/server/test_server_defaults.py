@@ -7,7 +7,7 @@ import subprocess
 
 import httpx
 import pytest
-from server_helpers import MODEL, N_VISUAL, chat_body, sample, scrape, serve_command
+from helpers.server import MODEL, N_VISUAL, chat_body, sample, scrape, serve_command
 
 from mipruner_vllm.params import n_keep
 

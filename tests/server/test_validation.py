@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from server_helpers import MODEL, N_VISUAL, chat_body
+from helpers.server import MODEL, N_VISUAL, chat_body
 
 pytestmark = pytest.mark.server
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from float64_reference import aggregate64, algorithm1, pmi_cross64
+from helpers.float64_reference import aggregate64, algorithm1, pmi_cross64
 
 from mipruner_vllm import (
     PruningInputError,
