@@ -275,7 +275,9 @@ def test_every_method_keeps_the_budget(h: Harness) -> None:
     img = image(IMAGE_SIZES[h.arch]["square"], seed=91)
     tail = h.tail()
     full = h.run([h.request("What is on the table?", images=[img])], max_tokens=1)[0]
-    reqs = [h.request("What is on the table?", images=[img], keep_ratio=0.5, pruning_method=m) for m in PRUNING_METHODS]
+    # ``none`` keeps every token and takes no budget (a budget with it is refused).
+    budgets = {m: ({} if m == "none" else {"keep_ratio": 0.5}) for m in PRUNING_METHODS}
+    reqs = [h.request("What is on the table?", images=[img], pruning_method=m, **budgets[m]) for m in PRUNING_METHODS]
     outs = dict(zip(PRUNING_METHODS, h.run(reqs, max_tokens=1), strict=True))
     records = {r["params"]["pruning_method"]: r for r in tail.new()}
     assert set(records) == set(PRUNING_METHODS) - {"none"}
