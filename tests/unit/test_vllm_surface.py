@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_SOURCES = sorted(
-    p for d in ("mipruner_vllm", "server", "kernels") for p in (ROOT / d).rglob("*.py")
+    p for d in ("mipruner_vllm", "server", "kernels", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")
 )
 
 FAKE_VLLM = {
