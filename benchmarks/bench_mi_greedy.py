@@ -16,4 +16,6 @@ from utils import RESULTS_DIR  # noqa: E402
 
 if __name__ == "__main__":
     # argparse keeps the last value of a flag, so the user's own flags win over these defaults.
-    sys.exit(main(["--mi-lambda", "0.5", "--out", str(RESULTS_DIR / "mi_greedy.csv"), *sys.argv[1:]]))
+    sys.exit(
+        main(["--mi-lambda", "0.5", "--out", str(RESULTS_DIR / "mi_greedy.csv"), *sys.argv[1:]])
+    )

@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             fn = provider_fn(name, case, compiled)
             note = "interpreter" if name == "triton" and interpreted else ""
             p50 = p20 = p80 = float("nan")
-            left = None if args.time_budget_s is None else args.time_budget_s - (time.monotonic() - started)
+            left = (
+                None
+                if args.time_budget_s is None
+                else args.time_budget_s - (time.monotonic() - started)
+            )
             try:
                 if left is not None and left <= 0:
                     raise TimeoutError("time budget spent")

@@ -42,10 +42,16 @@ def bench_serve(argv: list[str]) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    ours, theirs = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    ours, theirs = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep-ratios", default="1.0,0.5,0.25,0.125", help="comma-separated, each in (0, 1]")
-    parser.add_argument("--result-dir", type=Path, required=True, help="where bench serve writes its JSONs")
+    parser.add_argument(
+        "--keep-ratios", default="1.0,0.5,0.25,0.125", help="comma-separated, each in (0, 1]"
+    )
+    parser.add_argument(
+        "--result-dir", type=Path, required=True, help="where bench serve writes its JSONs"
+    )
     parser.add_argument("--plot", type=Path, help="PNG of TTFT and throughput against keep ratio")
     parser.add_argument("--title", default="", help="figure title (say the machine and load)")
     args = parser.parse_args(ours)
@@ -69,9 +75,21 @@ def main() -> None:
     results = []
     for ratio in ratios:
         name = f"keep_ratio_{ratio:g}.json"
-        bench_serve([*theirs, "--extra-body", json.dumps({**user_extra, "keep_ratio": ratio}),
-                     "--metadata", *user_metadata, f"keep_ratio={ratio:g}", "--save-result",
-                     "--result-dir", str(args.result_dir), "--result-filename", name])
+        bench_serve(
+            [
+                *theirs,
+                "--extra-body",
+                json.dumps({**user_extra, "keep_ratio": ratio}),
+                "--metadata",
+                *user_metadata,
+                f"keep_ratio={ratio:g}",
+                "--save-result",
+                "--result-dir",
+                str(args.result_dir),
+                "--result-filename",
+                name,
+            ]
+        )
         results.append(args.result_dir / name)
     if args.plot:
         plot([BenchPoint.from_result(p) for p in results], args.plot, args.title)

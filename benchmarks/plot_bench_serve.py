@@ -50,7 +50,9 @@ class BenchPoint:
             raise SystemExit(f"{path}: no keep_ratio; run bench serve with --metadata keep_ratio=R")
         p99 = result.get("p99_ttft_ms")
         if p99 is None:
-            raise SystemExit(f"{path}: no p99_ttft_ms; keep bench serve's default --percentile-metrics/--metric-percentiles")
+            raise SystemExit(
+                f"{path}: no p99_ttft_ms; keep bench serve's default --percentile-metrics/--metric-percentiles"
+            )
         return cls(
             model=str(result.get("model_id", "?")),
             keep_ratio=float(result["keep_ratio"]),
@@ -78,7 +80,9 @@ def plot(points: list[BenchPoint], out: Path, title: str) -> None:
         ratios = [p.keep_ratio for p in series]
         label = Path(model).name or model
         ax_ttft.plot(ratios, [p.median_ttft_ms for p in series], "o-", label=f"{label} median")
-        ax_ttft.plot(ratios, [p.p99_ttft_ms for p in series], "s--", alpha=0.7, label=f"{label} p99")
+        ax_ttft.plot(
+            ratios, [p.p99_ttft_ms for p in series], "s--", alpha=0.7, label=f"{label} p99"
+        )
         ax_tput.plot(ratios, [p.request_throughput for p in series], "o-", label=label)
     xlabel = "keep ratio (visual tokens kept / visual tokens)"
     ax_ttft.set(xlabel=xlabel, ylabel="TTFT (ms)", title="Time to first token")
@@ -101,11 +105,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--title", default="", help="figure title (say the machine and load)")
     args = parser.parse_args(argv)
-    points = sorted((BenchPoint.from_result(p) for p in args.results), key=lambda p: (p.model, p.keep_ratio))
-    print(f"{'model':<24} {'keep':>5} {'n':>4} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'req/s':>7} {'out tok/s':>10}")
+    points = sorted(
+        (BenchPoint.from_result(p) for p in args.results), key=lambda p: (p.model, p.keep_ratio)
+    )
+    print(
+        f"{'model':<24} {'keep':>5} {'n':>4} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'req/s':>7} {'out tok/s':>10}"
+    )
     for p in points:
-        print(f"{Path(p.model).name[:24]:<24} {p.keep_ratio:>5.3g} {p.num_prompts:>4} {p.median_ttft_ms:>12.1f} "
-              f"{p.p99_ttft_ms:>12.1f} {p.request_throughput:>7.2f} {p.output_throughput:>10.1f}")
+        print(
+            f"{Path(p.model).name[:24]:<24} {p.keep_ratio:>5.3g} {p.num_prompts:>4} {p.median_ttft_ms:>12.1f} "
+            f"{p.p99_ttft_ms:>12.1f} {p.request_throughput:>7.2f} {p.output_throughput:>10.1f}"
+        )
     plot(points, args.out, args.title)
     print(f"wrote {args.out}")
 

@@ -93,7 +93,10 @@ def peak_bandwidth() -> tuple[float | None, str]:
     clock_khz = getattr(props, "memory_clock_rate", 0) or 0
     bus_bits = getattr(props, "memory_bus_width", 0) or 0
     if clock_khz and bus_bits:
-        return 2.0 * clock_khz * 1e3 * bus_bits / 8, "device properties (2 x memory clock x bus width)"
+        return (
+            2.0 * clock_khz * 1e3 * bus_bits / 8,
+            "device properties (2 x memory clock x bus width)",
+        )
     for key, peak in PEAK_BANDWIDTH_BY_NAME:
         if key in props.name:
             return peak, f"data sheet value for {key}"

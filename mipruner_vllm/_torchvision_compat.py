@@ -90,7 +90,9 @@ class _TorchvisionFinder:
 
 def install_finder() -> None:
     """Put the finder on ``sys.meta_path`` (idempotent; no-op once torchvision is imported)."""
-    if "torchvision" in sys.modules or any(isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
+    if "torchvision" in sys.modules or any(
+        isinstance(f, _TorchvisionFinder) for f in sys.meta_path
+    ):
         return
     sys.meta_path.insert(0, _TorchvisionFinder())
 
@@ -104,4 +106,3 @@ def install_pth(site_packages: str | None = None) -> str:
     with open(target, "w", encoding="utf-8") as handle:
         handle.write(PTH_LINE)
     return target
-

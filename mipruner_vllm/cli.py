@@ -41,7 +41,11 @@ def demo_model(
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    }
 )
 def serve(ctx: typer.Context) -> None:
     """Start the OpenAI-compatible server (vLLM's, with the pruning layer). `serve --help` for flags."""
@@ -52,7 +56,11 @@ def serve(ctx: typer.Context) -> None:
 
 @app.command(
     "eval-sweep",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
 )
 def eval_sweep(ctx: typer.Context) -> None:
     """Accuracy, visual tokens kept and TTFT against keep ratio. `eval-sweep --help` for flags."""

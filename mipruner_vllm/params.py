@@ -69,7 +69,9 @@ class _PruningParamsBase(BaseModel):
         """False when every token is kept whatever N_V is (the stock-vLLM path)."""
         if self.method == "none":  # type: ignore[attr-defined]
             return False
-        return self.keep_tokens is not None or (self.keep_ratio is not None and self.keep_ratio < 1.0)  # type: ignore[attr-defined]
+        return self.keep_tokens is not None or (
+            self.keep_ratio is not None and self.keep_ratio < 1.0
+        )  # type: ignore[attr-defined]
 
     @property
     def applied_method(self) -> str:
@@ -105,7 +107,9 @@ class _PruningParamsBase(BaseModel):
         For the processor, which carries the normalised fields in the (hashed) processor kwargs
         and must not validate them a second time.
         """
-        values: dict[str, Any] = {p.name: None for p in PRUNING_PARAMETERS if p.optional or p.name == "keep_ratio"}
+        values: dict[str, Any] = {
+            p.name: None for p in PRUNING_PARAMETERS if p.optional or p.name == "keep_ratio"
+        }
         values.update({REQUEST_FIELDS[k]: v for k, v in fields.items()})
         return cls.model_construct(**values)  # type: ignore[return-value]
 
@@ -144,8 +148,10 @@ RequestFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
     __base__=_RequestFieldsBase,
     __module__=__name__,
     **{
-        p.request: (p.annotation() | None, Field(None, description=f"{p.description} Allowed: {p.allowed}.",
-                                                   **p.constraints()))
+        p.request: (
+            p.annotation() | None,
+            Field(None, description=f"{p.description} Allowed: {p.allowed}.", **p.constraints()),
+        )
         for p in PRUNING_PARAMETERS
     },
 )
@@ -158,7 +164,9 @@ def _error(exc: ValidationError, names: Mapping[str, Any]) -> PruningParameterEr
     parameter = names.get(key)
     field = key
     if error["type"] == "extra_forbidden":
-        return PruningParameterError(field, "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS))
+        return PruningParameterError(
+            field, "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
+        )
     if parameter is None:
         return PruningParameterError(field, f"invalid value {_show(error.get('input'))}")
     value = error.get("input")
@@ -190,9 +198,13 @@ def _resolve(given: Mapping[str, Any], settings: MiprunerSettings | None) -> Pru
     settings = settings or get_settings()
     keep_ratio, keep_tokens = given.get("keep_ratio"), given.get("keep_tokens")
     if keep_ratio is not None and keep_tokens is not None:
-        raise PruningParameterError("keep_tokens", "give either keep_ratio or keep_tokens, not both")
-    values = {p.name: given[p.name] if given.get(p.name) is not None else getattr(settings, p.name)
-              for p in PRUNING_PARAMETERS}
+        raise PruningParameterError(
+            "keep_tokens", "give either keep_ratio or keep_tokens, not both"
+        )
+    values = {
+        p.name: given[p.name] if given.get(p.name) is not None else getattr(settings, p.name)
+        for p in PRUNING_PARAMETERS
+    }
     if keep_ratio is None and keep_tokens is None:
         # The settings' default budget: keep_tokens replaces keep_ratio when it is set.
         values["keep_ratio"] = None if settings.keep_tokens is not None else settings.keep_ratio  # type: ignore[attr-defined]
@@ -205,7 +217,8 @@ def _resolve(given: Mapping[str, Any], settings: MiprunerSettings | None) -> Pru
     if params.method == "none":  # type: ignore[attr-defined]
         if (keep_ratio is not None and keep_ratio < 1.0) or keep_tokens is not None:
             raise PruningParameterError(
-                "method", "'none' keeps every token; leave keep_ratio/keep_tokens unset (or keep_ratio=1)"
+                "method",
+                "'none' keeps every token; leave keep_ratio/keep_tokens unset (or keep_ratio=1)",
             )
         # A default budget means nothing next to 'none': store the budget it really has, so the
         # parameters round-trip through request_fields / params_from_request unchanged.
@@ -228,10 +241,19 @@ def resolve_params(*, settings: MiprunerSettings | None = None, **values: Any) -
     return _resolve(values, settings)
 
 
-def parameter_signature(*leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()) -> inspect.Signature:
+def parameter_signature(
+    *leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()
+) -> inspect.Signature:
     """The keyword-only signature of the pruning parameters (for ``help()`` and IDEs)."""
-    params = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                annotation=f"{p.kind.__name__} | None") for p in PRUNING_PARAMETERS]
+    params = [
+        inspect.Parameter(
+            p.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=f"{p.kind.__name__} | None",
+        )
+        for p in PRUNING_PARAMETERS
+    ]
     return inspect.Signature([*leading, *params, *trailing])
 
 
@@ -251,13 +273,17 @@ def split_pruning_fields(values: Mapping[str, Any]) -> tuple[dict[str, Any], dic
         if key in REQUEST_FIELDS:
             pruning[key] = value
         elif key.startswith(PRUNING_PREFIXES):
-            raise PruningParameterError(key, "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS))
+            raise PruningParameterError(
+                key, "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
+            )
         else:
             rest[key] = value
     return pruning, rest
 
 
-def params_from_request(values: Mapping[str, Any], settings: MiprunerSettings | None = None) -> PruningParams:
+def params_from_request(
+    values: Mapping[str, Any], settings: MiprunerSettings | None = None
+) -> PruningParams:
     """Validate request fields (request names, JSON types strictly) and resolve the defaults.
 
     Unknown keys are errors, and errors name the field as the request spells it
@@ -287,7 +313,9 @@ def request_fields(params: PruningParams) -> dict[str, Any]:
     return dict(sorted(values.items()))
 
 
-def n_keep(n_visual: int, *, keep_ratio: float | None = None, keep_tokens: int | None = None) -> int:
+def n_keep(
+    n_visual: int, *, keep_ratio: float | None = None, keep_tokens: int | None = None
+) -> int:
     """THE budget rule, the one function both processor and model use.
 
     ``clamp(ceil(keep_ratio * N_V), 1, N_V)`` or ``clamp(keep_tokens, 1, N_V)``. The ratio is read
@@ -297,13 +325,19 @@ def n_keep(n_visual: int, *, keep_ratio: float | None = None, keep_tokens: int |
     if isinstance(n_visual, bool) or not isinstance(n_visual, int) or n_visual < 1:
         raise PruningParameterError("n_visual", f"must be an integer >= 1, got {n_visual!r}")
     if (keep_ratio is None) == (keep_tokens is None):
-        raise PruningParameterError("keep_ratio", "exactly one of keep_ratio / keep_tokens is required")
+        raise PruningParameterError(
+            "keep_ratio", "exactly one of keep_ratio / keep_tokens is required"
+        )
     if keep_tokens is not None:
         if isinstance(keep_tokens, bool) or not isinstance(keep_tokens, int) or keep_tokens < 1:
-            raise PruningParameterError("keep_tokens", f"must be {ALLOWED_VALUES['keep_tokens']}, got {keep_tokens!r}")
+            raise PruningParameterError(
+                "keep_tokens", f"must be {ALLOWED_VALUES['keep_tokens']}, got {keep_tokens!r}"
+            )
         return min(keep_tokens, n_visual)
     assert keep_ratio is not None
     if isinstance(keep_ratio, bool) or not math.isfinite(keep_ratio) or not 0.0 < keep_ratio <= 1.0:
-        raise PruningParameterError("keep_ratio", f"must be {ALLOWED_VALUES['keep_ratio']}, got {keep_ratio!r}")
+        raise PruningParameterError(
+            "keep_ratio", f"must be {ALLOWED_VALUES['keep_ratio']}, got {keep_ratio!r}"
+        )
     exact = Fraction(repr(float(keep_ratio))) * n_visual
     return max(1, min(n_visual, math.ceil(exact)))

@@ -28,7 +28,17 @@ def wheel_for(version: str, download_dir: Path) -> Path:
     found = sorted(download_dir.glob(f"vllm-{version}-*.whl"))
     if not found:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", f"vllm=={version}", "-d", str(download_dir)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                f"vllm=={version}",
+                "-d",
+                str(download_dir),
+            ],
             check=True,
         )
         found = sorted(download_dir.glob(f"vllm-{version}-*.whl"))
@@ -39,16 +49,22 @@ def wheel_for(version: str, download_dir: Path) -> Path:
 
 def resolved_location(source: VllmSource, name: VllmName) -> str | None:
     for location in name.locations:
-        if not check(source, [VllmName("probe", name.use, "", (location,), name.params, name.params_prefix)]):
+        if not check(
+            source, [VllmName("probe", name.use, "", (location,), name.params, name.params_prefix)]
+        ):
             return location
     return None
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("releases", nargs="*", help="vLLM versions (0.33.0) or wheel files")
     parser.add_argument("--installed", action="store_true", help="also check the installed vLLM")
-    parser.add_argument("--download-dir", type=Path, default=Path(tempfile.gettempdir()) / "vllm-wheels")
+    parser.add_argument(
+        "--download-dir", type=Path, default=Path(tempfile.gettempdir()) / "vllm-wheels"
+    )
     args = parser.parse_args()
     if not args.releases and not args.installed:
         parser.error("give at least one release or --installed")

@@ -61,7 +61,9 @@ def ensure_outcome_context(app: Any) -> None:
     async def process_multimodal_async(*args: Any, **kwargs: Any) -> Any:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, functools.partial(context.run, process, *args, **kwargs))
+        return await loop.run_in_executor(
+            executor, functools.partial(context.run, process, *args, **kwargs)
+        )
 
     # Declared, logged, idempotent and undoable: mipruner_vllm.integration.vllm_surface.
     apply_patch("BaseRenderer._process_multimodal_async", renderer, process_multimodal_async)

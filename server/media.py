@@ -76,7 +76,9 @@ def check_host(host: str | None, *, resolve: bool = True) -> None:
         return
     else:
         try:
-            addresses = [info[4][0] for info in socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)]
+            addresses = [
+                info[4][0] for info in socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
+            ]
         except OSError as exc:
             raise MediaURLRefused(f"media URL host {host!r} does not resolve ({exc})") from None
     refused = [a for a in addresses if _address_refused(a)]
@@ -108,7 +110,9 @@ class _PublicOnlyResolver(aiohttp.abc.AbstractResolver):
         await self._inner.close()
 
 
-async def _check_redirect(session: Any, context: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
+async def _check_redirect(
+    session: Any, context: Any, params: aiohttp.TraceRequestRedirectParams
+) -> None:
     # Names are checked by the resolver when the hop connects; an address literal never reaches
     # a resolver, so it is checked here, before aiohttp follows the Location header.
     location = params.response.headers.get("Location") or params.response.headers.get("URI")
@@ -130,14 +134,26 @@ class GuardedHTTPConnection(HTTPConnection):
             )
         return self._async_client
 
-    def get_response(self, url: str, *, stream: bool = False, timeout: float | None = None,
-                     extra_headers: Any = None, allow_redirects: bool = True) -> Any:
+    def get_response(
+        self,
+        url: str,
+        *,
+        stream: bool = False,
+        timeout: float | None = None,
+        extra_headers: Any = None,
+        allow_redirects: bool = True,
+    ) -> Any:
         # The synchronous path (offline use): redirects followed here, each hop checked. A name is
         # resolved for the check and again by the HTTP client, so this path is best effort.
         for _ in range(MAX_REDIRECTS + 1):
             check_host(parse_url(url).host)
-            response = super().get_response(url, stream=stream, timeout=timeout,
-                                            extra_headers=extra_headers, allow_redirects=False)
+            response = super().get_response(
+                url,
+                stream=stream,
+                timeout=timeout,
+                extra_headers=extra_headers,
+                allow_redirects=False,
+            )
             if not (allow_redirects and response.is_redirect):
                 return response
             url = urljoin(url, response.headers["Location"])
@@ -168,7 +184,9 @@ class GuardedMediaConnector(MediaConnector):
         self._check_url(url)
         return super().load_from_url(url, media_io, fetch_timeout=fetch_timeout)
 
-    async def load_from_url_async(self, url: str, media_io: Any, *, fetch_timeout: int | None = None) -> Any:
+    async def load_from_url_async(
+        self, url: str, media_io: Any, *, fetch_timeout: int | None = None
+    ) -> Any:
         self._check_url(url)
         fetch = super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
         if fetch_timeout is None or url[:5].lower() == "data:":
@@ -178,7 +196,9 @@ class GuardedMediaConnector(MediaConnector):
         # loop retries. asyncio.wait answers at the deadline whatever the fetch does with it.
         task = asyncio.ensure_future(fetch)
         done, _ = await asyncio.wait({task}, timeout=fetch_timeout + DEADLINE_SLACK_S)
-        too_slow = MediaURLRefused(f"fetching the media URL took longer than the server's {fetch_timeout} s fetch timeout")
+        too_slow = MediaURLRefused(
+            f"fetching the media URL took longer than the server's {fetch_timeout} s fetch timeout"
+        )
         if task not in done:
             task.cancel()
             task.add_done_callback(_retrieve_exception)

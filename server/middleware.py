@@ -93,7 +93,9 @@ def _headers_for(scope: Scope, length: int | None) -> list[tuple[bytes, bytes]]:
     seen_type = False
     for key, value in scope.get("headers", []):
         name = key.lower()
-        if name in (b"content-length", b"transfer-encoding") or (name == b"content-type" and seen_type):
+        if name in (b"content-length", b"transfer-encoding") or (
+            name == b"content-type" and seen_type
+        ):
             continue
         seen_type = seen_type or name == b"content-type"
         kept.append((key, value))
@@ -102,7 +104,9 @@ def _headers_for(scope: Scope, length: int | None) -> list[tuple[bytes, bytes]]:
     return kept
 
 
-def _set_content_length(headers: list[tuple[bytes, bytes]], length: int | None) -> list[tuple[bytes, bytes]]:
+def _set_content_length(
+    headers: list[tuple[bytes, bytes]], length: int | None
+) -> list[tuple[bytes, bytes]]:
     kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
     if length is not None:
         kept.append((b"content-length", str(length).encode()))
@@ -111,8 +115,16 @@ def _set_content_length(headers: list[tuple[bytes, bytes]], length: int | None) 
 
 async def _send_json(send: Send, status: int, payload: Any) -> None:
     body = dumps(payload)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -134,7 +146,9 @@ class PruningMiddleware:
         if scope["type"] == "http":
             if scope["method"] == "POST":
                 return await self._post(scope, receive, send)
-            if scope["method"] == "GET" and scope["path"] == getattr(scope.get("app"), "openapi_url", None):
+            if scope["method"] == "GET" and scope["path"] == getattr(
+                scope.get("app"), "openapi_url", None
+            ):
                 return await self._openapi(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -143,7 +157,9 @@ class PruningMiddleware:
             message = await receive()
             if message["type"] == "lifespan.shutdown" and _engine_errored(scope.get("app")):
                 ENGINE_STATE["died"] = True
-                logger.error("mipruner: vLLM's engine died; the server exits with a non-zero status")
+                logger.error(
+                    "mipruner: vLLM's engine died; the server exits with a non-zero status"
+                )
             return message
 
         await self.app(scope, watch, send)
@@ -157,7 +173,9 @@ class PruningMiddleware:
         try:
             body = json.loads(raw) if raw.strip() else None
         except RecursionError:
-            error = RequestRefused("body", f"nested deeper than {get_settings().max_json_depth} levels")
+            error = RequestRefused(
+                "body", f"nested deeper than {get_settings().max_json_depth} levels"
+            )
             return await _send_json(send, 400, bad_request(error.field, error.message).model_dump())
         except ValueError:
             body = None  # not JSON (a form upload, or malformed): vLLM's own parsing answers it
@@ -165,11 +183,15 @@ class PruningMiddleware:
             return await self.app(scope, _Replay(raw, receive), send)
         pruning = hooks.pruning_enabled(app)
         try:
-            decision = apply_policy(body, route=path, settings=get_settings(), pruning_enabled=pruning)
+            decision = apply_policy(
+                body, route=path, settings=get_settings(), pruning_enabled=pruning
+            )
         except RequestRefused as exc:
             return await _send_json(send, 400, bad_request(exc.field, exc.message).model_dump())
         # allow_nan: NaN in a non-pruning field is vLLM's to judge (its parser reads it), not a 500 here.
-        forwarded = json.dumps(decision.body, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode()
+        forwarded = json.dumps(
+            decision.body, ensure_ascii=False, allow_nan=True, separators=(",", ":")
+        ).encode()
         scope = dict(scope)
         scope["headers"] = _headers_for(scope, len(forwarded))
         replay = _Replay(forwarded, receive)
@@ -179,7 +201,9 @@ class PruningMiddleware:
         with collect() as outcome:
             status, rewriter, delivered = await self._run_with_usage(scope, replay, send, outcome)
         if status == 200 and rewriter is not None and rewriter.complete and delivered:
-            metrics.record_request(decision.body.get("model") or rewriter.model or "unknown", outcome)
+            metrics.record_request(
+                decision.body.get("model") or rewriter.model or "unknown", outcome
+            )
 
     async def _run_with_usage(
         self, scope: Scope, receive: _Replay, send: Send, outcome: RequestOutcome
@@ -223,7 +247,9 @@ class PruningMiddleware:
                 return
             data = rewriter.rewrite_json(state["buffer"])
             start = state["start"]
-            await send({**start, "headers": _set_content_length(list(start.get("headers", [])), len(data))})
+            await send(
+                {**start, "headers": _set_content_length(list(start.get("headers", [])), len(data))}
+            )
             await send({"type": "http.response.body", "body": data, "more_body": False})
             state["delivered"] = not receive.disconnected
 
@@ -245,5 +271,7 @@ class PruningMiddleware:
         data = b"".join(chunks)
         if start.get("status") == 200:
             data = dumps(openapi_with_pruning(json.loads(data)))
-        await send({**start, "headers": _set_content_length(list(start.get("headers", [])), len(data))})
+        await send(
+            {**start, "headers": _set_content_length(list(start.get("headers", [])), len(data))}
+        )
         await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -47,10 +47,22 @@ GENERATE_PATHS = (CHAT_PATH, COMPLETIONS_PATH, CHAT_BATCH_PATH, RESPONSES_PATH, 
 #: The processor-kwargs key the plugin reserves for itself (the normalised, hashed spec).
 RESERVED_KEY = "mipruner"
 #: Keys of a content part that carry media: a part with one of these (or a ``type``) is media.
-MEDIA_PART_KEYS = frozenset({
-    "image_url", "video_url", "audio_url", "input_audio", "input_image", "image", "video",
-    "image_embeds", "video_embeds", "audio_embeds", "image_pil", "vision_chunk",
-})
+MEDIA_PART_KEYS = frozenset(
+    {
+        "image_url",
+        "video_url",
+        "audio_url",
+        "input_audio",
+        "input_image",
+        "image",
+        "video",
+        "image_embeds",
+        "video_embeds",
+        "audio_embeds",
+        "image_pil",
+        "vision_chunk",
+    }
+)
 UUID_KEYS = ("multi_modal_uuids", "mm_uuids")
 
 
@@ -88,7 +100,9 @@ def _lookalike(key: str) -> str | None:
     if name in REQUEST_FIELDS:
         return f"pruning fields are spelt exactly; use '{name}'"
     if name == RESERVED_KEY or name.startswith(RESERVED_KEY + "_"):
-        return ("is reserved for the plugin; the pruning fields are top-level: " + ", ".join(REQUEST_FIELDS))
+        return "is reserved for the plugin; the pruning fields are top-level: " + ", ".join(
+            REQUEST_FIELDS
+        )
     if name.startswith(PRUNING_PREFIXES):
         return "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
     return None
@@ -114,9 +128,14 @@ def _walk(body: Any, max_depth: int) -> Iterator[tuple[str, dict[str, Any], int]
 
 def _check_media_io_kwargs(path: str, value: Any, settings: MiprunerSettings) -> None:
     allowed = set(settings.allowed_media_io_kwargs)
-    hint = ("allowed on this server: " + ", ".join(sorted(allowed))) if allowed else (
-        "this server accepts none (media_io_kwargs changes how media is decoded, and so the cost); "
-        "an operator can allow keys with --allowed-media-io-kwargs modality.key")
+    hint = (
+        ("allowed on this server: " + ", ".join(sorted(allowed)))
+        if allowed
+        else (
+            "this server accepts none (media_io_kwargs changes how media is decoded, and so the cost); "
+            "an operator can allow keys with --allowed-media-io-kwargs modality.key"
+        )
+    )
     if not isinstance(value, dict):
         raise RequestRefused(path, "must be an object of modality -> options; " + hint)
     for modality, options in value.items():
@@ -124,16 +143,23 @@ def _check_media_io_kwargs(path: str, value: Any, settings: MiprunerSettings) ->
             raise RequestRefused(f"{path}.{modality}", "must be an object of options; " + hint)
         for key in options:
             if f"{modality}.{key}" not in allowed:
-                raise RequestRefused(f"{path}.{modality}.{key}", "not an allowed media_io_kwargs key; " + hint)
+                raise RequestRefused(
+                    f"{path}.{modality}.{key}", "not an allowed media_io_kwargs key; " + hint
+                )
 
 
 def _check_nested_processor_kwargs(path: str, value: Any) -> None:
     # A nested mm_processor_kwargs (inside a prompt object, say) gets the same allow-list.
     if not isinstance(value, dict):
-        raise RequestRefused(path, "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS))
+        raise RequestRefused(
+            path, "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS)
+        )
     for key in value:
         if key not in REQUEST_FIELDS:
-            raise RequestRefused(f"{path}.{key}", "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS))
+            raise RequestRefused(
+                f"{path}.{key}",
+                "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS),
+            )
     try:
         params_from_request(value)
     except PruningParameterError as exc:
@@ -157,9 +183,17 @@ def _check_structure(body: Any, settings: MiprunerSettings) -> None:
                 _check_media_io_kwargs(where, value, settings)
             elif key == "mm_processor_kwargs" and depth > 1 and value is not None:
                 _check_nested_processor_kwargs(where, value)
-            elif not settings.trust_media_uuids and value is not None and (
-                key in UUID_KEYS
-                or (key == "uuid" and depth > 1 and (isinstance(obj.get("type"), str) or MEDIA_PART_KEYS & obj.keys()))
+            elif (
+                not settings.trust_media_uuids
+                and value is not None
+                and (
+                    key in UUID_KEYS
+                    or (
+                        key == "uuid"
+                        and depth > 1
+                        and (isinstance(obj.get("type"), str) or MEDIA_PART_KEYS & obj.keys())
+                    )
+                )
             ):
                 raise RequestRefused(where, UUID_REFUSED)
 
@@ -186,8 +220,11 @@ def apply_policy(
             value = body.pop(key)
             if not generate:
                 raise RequestRefused(
-                    key, "top-level pruning fields are accepted on " + ", ".join(GENERATE_PATHS)
-                    + "; on this route put them in mm_processor_kwargs")
+                    key,
+                    "top-level pruning fields are accepted on "
+                    + ", ".join(GENERATE_PATHS)
+                    + "; on this route put them in mm_processor_kwargs",
+                )
             if value is not None:  # null = "use the server default", as in the OpenAI API
                 given[key] = value
         elif (message := _lookalike(key)) is not None:
@@ -197,13 +234,20 @@ def apply_policy(
     if client_kwargs is not None:
         if not isinstance(client_kwargs, dict):
             raise RequestRefused(
-                "mm_processor_kwargs", "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS))
+                "mm_processor_kwargs",
+                "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS),
+            )
         for key, value in client_kwargs.items():
             param = f"mm_processor_kwargs.{key}"
             if key not in REQUEST_FIELDS:
-                raise RequestRefused(param, "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS))
+                raise RequestRefused(
+                    param,
+                    "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS),
+                )
             if key in origin:
-                raise RequestRefused(param, "given both at the top level and in mm_processor_kwargs")
+                raise RequestRefused(
+                    param, "given both at the top level and in mm_processor_kwargs"
+                )
             origin[key] = param
             if value is not None:
                 given[key] = value
@@ -215,10 +259,14 @@ def apply_policy(
     if not pruning_enabled:
         if given:
             raise RequestRefused(
-                origin[sorted(given)[0]], "the served model has no pruning support (its architecture is not one "
-                "the mipruner plugin handles), so pruning fields cannot be honoured")
+                origin[sorted(given)[0]],
+                "the served model has no pruning support (its architecture is not one "
+                "the mipruner plugin handles), so pruning fields cannot be honoured",
+            )
         return Decision(body, generate=generate, params=None)
-    carries_media = route != COMPLETIONS_PATH and not (route == INVOCATIONS_PATH and "messages" not in body)
+    carries_media = route != COMPLETIONS_PATH and not (
+        route == INVOCATIONS_PATH and "messages" not in body
+    )
     if (generate and carries_media) or (not generate and client_kwargs is not None):
         # Always the fully resolved set: the processor then never falls back to its own defaults,
         # and equal effective settings give byte-equal kwargs (and equal multimodal hashes).

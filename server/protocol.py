@@ -47,20 +47,35 @@ class ErrorResponse(BaseModel):
 def bad_request(param: str, message: str) -> ErrorResponse:
     """The 400 body for a refused pruning field: names the field and what it allows."""
     return ErrorResponse(
-        error=ErrorInfo(message=f"Invalid request field '{param}': {message}", type="BadRequestError",
-                        param=param, code=400)
+        error=ErrorInfo(
+            message=f"Invalid request field '{param}': {message}",
+            type="BadRequestError",
+            param=param,
+            code=400,
+        )
     )
 
 
 #: Request schemas that get the pruning fields in ``/openapi.json``.
-OPENAPI_REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest", "BatchChatCompletionRequest",
-                           "ResponsesRequest")
+OPENAPI_REQUEST_SCHEMAS = (
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "BatchChatCompletionRequest",
+    "ResponsesRequest",
+)
 #: Operations whose description gets the pruning note (vLLM's routes declare no response model,
 #: so the usage fields are documented here and in the ``MIPrunerUsage`` component).
-OPENAPI_OPERATIONS = ("/v1/chat/completions", "/v1/completions", "/v1/chat/completions/batch",
-                      "/v1/responses", "/invocations")
+OPENAPI_OPERATIONS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/chat/completions/batch",
+    "/v1/responses",
+    "/invocations",
+)
 OPENAPI_NOTE = (
-    "\n\n**MI-Pruner.** Optional top-level fields " + ", ".join(f"`{f}`" for f in REQUEST_FIELDS) + " set this "
+    "\n\n**MI-Pruner.** Optional top-level fields "
+    + ", ".join(f"`{f}`" for f in REQUEST_FIELDS)
+    + " set this "
     "request's visual-token budget (schema `MIPrunerRequestFields`); unset fields take the server defaults. "
     "A bad value is a 400 naming the field. `usage` gains `visual_tokens` (before pruning) and "
     "`visual_tokens_kept` (schema `MIPrunerUsage`), also in the final usage chunk of a stream."
@@ -78,7 +93,9 @@ def openapi_with_pruning(schema: dict[str, Any]) -> dict[str, Any]:
     request_schema = PruningRequestFields.model_json_schema()
     for name in OPENAPI_REQUEST_SCHEMAS:
         if name in schemas:
-            schemas[name].setdefault("properties", {}).update(copy.deepcopy(request_schema["properties"]))
+            schemas[name].setdefault("properties", {}).update(
+                copy.deepcopy(request_schema["properties"])
+            )
     schemas["MIPrunerRequestFields"] = request_schema
     schemas["MIPrunerUsage"] = PruningUsage.model_json_schema()
     for path in OPENAPI_OPERATIONS:

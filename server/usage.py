@@ -22,7 +22,10 @@ RESPONSES_FINAL_EVENTS = ("response.completed", "response.incomplete")
 
 def usage_fields(outcome: RequestOutcome) -> dict[str, int]:
     """The fields this layer adds to ``usage`` (see :class:`.protocol.PruningUsage`)."""
-    return {"visual_tokens": outcome.visual_tokens, "visual_tokens_kept": outcome.visual_tokens_kept}
+    return {
+        "visual_tokens": outcome.visual_tokens,
+        "visual_tokens_kept": outcome.visual_tokens_kept,
+    }
 
 
 def dumps(payload: Any) -> bytes:

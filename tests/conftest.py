@@ -57,7 +57,11 @@ _ENV_LEAK_EXEMPT = {"MIPRUNER_DEBUG_DIR", "MIPRUNER_CACHE_DIR", "MIPRUNER_TEST_D
 
 
 def _settings_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith("MIPRUNER_") and k not in _ENV_LEAK_EXEMPT}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("MIPRUNER_") and k not in _ENV_LEAK_EXEMPT
+    }
 
 
 @pytest.fixture(autouse=True)

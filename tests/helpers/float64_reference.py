@@ -80,7 +80,9 @@ def algorithm1(
                 continue
             if selected:
                 cols = torch.tensor(selected)
-                s_self = float(aggregate64(p_self[i : i + 1, cols], pmi_self[i : i + 1, cols], aggregation)[0])
+                s_self = float(
+                    aggregate64(p_self[i : i + 1, cols], pmi_self[i : i + 1, cols], aggregation)[0]
+                )
             else:
                 s_self = 0.0  # Eq. (20) over the empty set
             score = mi_lambda * float(s_cross[i])

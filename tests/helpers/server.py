@@ -56,8 +56,13 @@ def serve_command() -> list[str]:
     return [sys.executable, "-m", "mipruner_vllm.cli", "serve"]
 
 
-def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cache_dir: Path | None = None,
-                 env_extra: dict[str, str] | None = None) -> Server:
+def start_server(
+    tmp_dir: Path,
+    extra_args: list[str],
+    name: str = "server",
+    cache_dir: Path | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Server:
     """Start ``mipruner-vllm serve`` on a free loopback port and wait for ``/health``.
 
     ``cache_dir`` is where the embedded demo checkpoint is built (``MIPRUNER_CACHE_DIR``). The
@@ -65,7 +70,11 @@ def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cac
     """
     port = free_port()
     log = tmp_dir / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIPRUNER_") or k == "MIPRUNER_CACHE_DIR"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MIPRUNER_") or k == "MIPRUNER_CACHE_DIR"
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the launcher makes a fresh one
     if cache_dir is not None:
         env["MIPRUNER_CACHE_DIR"] = str(cache_dir)
@@ -76,7 +85,9 @@ def start_server(tmp_dir: Path, extra_args: list[str], name: str = "server", cac
     cmd = [*serve_command(), "--host", "127.0.0.1", "--port", str(port), *extra_args]
     started = time.monotonic()
     with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     server = Server(f"http://127.0.0.1:{port}", log, process, 0.0, debug_dir)
     deadline = started + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -111,7 +122,12 @@ def image_data_url(seed: int = 0, size: tuple[int, int] = IMAGE_SIZE) -> str:
     from PIL import Image
 
     width, height = size
-    pixels = bytes((x * 7 + y * 13 + seed * 31 + c * 85) % 256 for y in range(height) for x in range(width) for c in range(3))
+    pixels = bytes(
+        (x * 7 + y * 13 + seed * 31 + c * 85) % 256
+        for y in range(height)
+        for x in range(width)
+        for c in range(3)
+    )
     buffer = io.BytesIO()
     Image.frombytes("RGB", size, pixels).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -149,7 +165,13 @@ def image_messages(question: str = "What is in this picture?", seed: int = 0) ->
 
 def chat_body(**fields) -> dict:
     """A small valid chat body with an image; ``fields`` are merged at the top level."""
-    return {"model": MODEL, "messages": image_messages(), "max_tokens": 2, "temperature": 0.0, **fields}
+    return {
+        "model": MODEL,
+        "messages": image_messages(),
+        "max_tokens": 2,
+        "temperature": 0.0,
+        **fields,
+    }
 
 
 def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -172,7 +194,8 @@ def sample(samples: dict, name: str, **labels: str) -> float:
 def total(samples: dict, name: str, **labels: str) -> float:
     """Sum over every series of ``name`` whose labels include ``labels``."""
     return sum(
-        value for (n, lbls), value in samples.items()
+        value
+        for (n, lbls), value in samples.items()
         if n == name and all(dict(lbls).get(k) == v for k, v in labels.items())
     )
 
@@ -221,9 +244,16 @@ def _dechunk(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def post_raw(base_url: str, path: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+def post_raw(
+    base_url: str, path: str, body: bytes, headers: list[tuple[str, str]]
+) -> tuple[int, bytes]:
     """``POST path`` with exactly these headers (duplicates kept, in order) and ``Connection: close``."""
     host = base_url.removeprefix("http://")
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}", "Connection: close"]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     lines += [f"{name}: {value}" for name, value in headers]
     return raw_http(base_url, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)

@@ -112,7 +112,9 @@ def test_varlen_batches_lambda1_and_greedy(items, max_v, max_t, dtype, device):
         lams[0], lams[1] = 1.0, 0.5  # both phases always run
     aggs = [rng.choice(["max", "max", "mean"]) for _ in sizes]
     kept, scores = mi_prune(visuals, texts, ks, taus, lams, aggs)
-    for b, (v, t, k, tau, lam, agg) in enumerate(zip(visuals, texts, ks, taus, lams, aggs, strict=True)):
+    for b, (v, t, k, tau, lam, agg) in enumerate(
+        zip(visuals, texts, ks, taus, lams, aggs, strict=True)
+    ):
         ref = reference.cross_modal_scores(v, t, tau, aggregation=agg)
         assert_close_verbose(scores[b], ref, *SCORE_TOL)
         assert kept[b].dtype == torch.int64 and kept[b].numel() == k
@@ -131,14 +133,19 @@ def test_video_greedy_without_the_rho_cache(dtype, device):
     g = _generator(device, 7)
     visual, text = _randn(n_v, dim, dtype, device, g), _randn(n_t, dim, dtype, device, g)
     k = n_keep(n_v, keep_ratio=0.05)
-    (kept,), _ = mi_prune([visual], [text], [k], [0.1], [0.5], gram_cache_bytes=None if ON_CUDA else 0)
+    (kept,), _ = mi_prune(
+        [visual], [text], [k], [0.1], [0.5], gram_cache_bytes=None if ON_CUDA else 0
+    )
     assert_greedy_close(kept, reference.select_mi(visual, text, k, 0.5, 0.1), "video")
 
 
 def test_greedy_cached_and_gemv_paths_agree(device):
     n_v, dim = (3000, 3584) if ON_CUDA else (70, 40)
     g = _generator(device, 11)
-    visuals = [_randn(n_v, dim, torch.bfloat16, device, g), _randn(n_v // 3, dim, torch.bfloat16, device, g)]
+    visuals = [
+        _randn(n_v, dim, torch.bfloat16, device, g),
+        _randn(n_v // 3, dim, torch.bfloat16, device, g),
+    ]
     texts = [_randn(40, dim, torch.bfloat16, device, g), _randn(3, dim, torch.bfloat16, device, g)]
     ks = [n_v // 4, n_v // 10]
     cached, _ = mi_prune(visuals, texts, ks, [0.1, 0.1], [0.5, 0.2])

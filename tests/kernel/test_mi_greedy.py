@@ -95,7 +95,9 @@ def test_lambda_one_and_below_share_one_call(device):
     visuals, texts = (list(x) for x in zip(*items, strict=True))
     lams = [1.0, 0.4, 1.0]
     kept, _ = mi_prune(visuals, texts, [7, 7, 3], [0.1, 0.1, 0.2], lams)
-    for v, t, k, lam, tau, got in zip(visuals, texts, [7, 7, 3], lams, [0.1, 0.1, 0.2], kept, strict=True):
+    for v, t, k, lam, tau, got in zip(
+        visuals, texts, [7, 7, 3], lams, [0.1, 0.1, 0.2], kept, strict=True
+    ):
         assert torch.equal(got.cpu(), reference.select_mi(v.cpu(), t.cpu(), k, lam, tau))
 
 

@@ -31,7 +31,9 @@ class _Pool:
     def get(self, args: tuple[str, ...], name: str) -> Server:
         if self.key != args:
             self.close()
-            self.server = start_server(self.tmp_dir, list(args), name=name, cache_dir=self.cache_dir)
+            self.server = start_server(
+                self.tmp_dir, list(args), name=name, cache_dir=self.cache_dir
+            )
             self.key = args
         assert self.server is not None
         return self.server

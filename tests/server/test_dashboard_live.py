@@ -25,7 +25,9 @@ from helpers.server import MODEL, N_VISUAL, free_port, image_messages, scrape, t
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "mipruner.json"
+DASHBOARD = (
+    Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "mipruner.json"
+)
 PROMETHEUS = shutil.which("prometheus")
 AWAITED_METRICS = {
     "mipruner_encoder_store_hits_total",
@@ -55,7 +57,9 @@ class PrometheusAPI:
 def prometheus(server, tmp_path_factory):
     """A real Prometheus scraping the shared server every second."""
     if PROMETHEUS is None:
-        pytest.skip("no prometheus binary (Debian: apt-get install prometheus; .ci/run installs it)")
+        pytest.skip(
+            "no prometheus binary (Debian: apt-get install prometheus; .ci/run installs it)"
+        )
     tmp = tmp_path_factory.mktemp("prometheus-dashboard")
     target = server.base_url.removeprefix("http://")
     (tmp / "prometheus.yml").write_text(
@@ -67,9 +71,14 @@ def prometheus(server, tmp_path_factory):
     log = tmp / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=out,
+            [
+                PROMETHEUS,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
         )
     api = PrometheusAPI(f"http://127.0.0.1:{port}")
     try:
@@ -80,7 +89,9 @@ def prometheus(server, tmp_path_factory):
                     break
             except (httpx.HTTPError, AssertionError, ValueError):
                 pass
-            assert time.monotonic() < deadline, f"Prometheus never scraped {target}:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, (
+                f"Prometheus never scraped {target}:\n{log.read_text()[-2000:]}"
+            )
             time.sleep(1)
         yield api
     finally:
@@ -90,7 +101,10 @@ def prometheus(server, tmp_path_factory):
 
 def _chat(client, messages=None, **extra_body):
     response = client.chat.completions.create(
-        model=MODEL, messages=messages or image_messages(), max_tokens=2, temperature=0.0,
+        model=MODEL,
+        messages=messages or image_messages(),
+        max_tokens=2,
+        temperature=0.0,
         extra_body=extra_body or None,
     )
     return response.usage
@@ -98,27 +112,39 @@ def _chat(client, messages=None, **extra_body):
 
 def send_mixed_traffic(client) -> None:
     """Several methods and budgets, unpruned requests, a stream and a follow-up on the same image."""
-    for extra in ({"keep_ratio": 0.25}, {"keep_ratio": 0.5, "mi_lambda": 0.5},
-                  {"keep_tokens": 3}, {"keep_ratio": 0.25, "pruning_method": "trimtokenator"},
-                  {"keep_ratio": 0.5, "pruning_method": "similarity"},
-                  {"keep_ratio": 0.25, "pruning_method": "random"},
-                  {"keep_ratio": 0.25, "pruning_method": "divprune"}):
+    for extra in (
+        {"keep_ratio": 0.25},
+        {"keep_ratio": 0.5, "mi_lambda": 0.5},
+        {"keep_tokens": 3},
+        {"keep_ratio": 0.25, "pruning_method": "trimtokenator"},
+        {"keep_ratio": 0.5, "pruning_method": "similarity"},
+        {"keep_ratio": 0.25, "pruning_method": "random"},
+        {"keep_ratio": 0.25, "pruning_method": "divprune"},
+    ):
         usage = _chat(client, **extra)
         assert usage.visual_tokens == N_VISUAL and usage.visual_tokens_kept < N_VISUAL, extra
     for unpruned in ({"keep_ratio": 1.0}, {"pruning_method": "none"}):
         usage = _chat(client, **unpruned)
         assert usage.visual_tokens_kept == N_VISUAL, unpruned
     stream = client.chat.completions.create(
-        model=MODEL, messages=image_messages(seed=7), max_tokens=3, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"keep_ratio": 0.25},
+        model=MODEL,
+        messages=image_messages(seed=7),
+        max_tokens=3,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"keep_ratio": 0.25},
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.visual_tokens_kept == 4
     # A follow-up question on the image of the first turn: the same media item again.
     first = image_messages("What is in this picture?", seed=3)
     _chat(client, first, keep_ratio=0.25)
-    follow_up = [*first, {"role": "assistant", "content": "A pattern."},
-                 {"role": "user", "content": "Which colour is on the left?"}]
+    follow_up = [
+        *first,
+        {"role": "assistant", "content": "A pattern."},
+        {"role": "user", "content": "Which colour is on the left?"},
+    ]
     usage = _chat(client, follow_up, keep_ratio=0.25)
     assert usage.visual_tokens == N_VISUAL and usage.visual_tokens_kept == 4
 
@@ -147,7 +173,11 @@ def _defined_metrics() -> set[str]:
 
 def _panel_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(f"{p['title']} [{t['refId']}]", t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+    return [
+        (f"{p['title']} [{t['refId']}]", t["expr"])
+        for p in dashboard["panels"]
+        for t in p["targets"]
+    ]
 
 
 def test_every_dashboard_panel_shows_data(server, client, prometheus):
@@ -164,7 +194,9 @@ def test_every_dashboard_panel_shows_data(server, client, prometheus):
     # Template variables: `model` from its own label_values() query, as Grafana fills it in.
     values = {}
     for variable in dashboard["templating"]["list"]:
-        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
+        metric, label = re.fullmatch(
+            r"label_values\((\w+), (\w+)\)", variable["definition"]
+        ).groups()
         found = prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": metric})
         assert MODEL in found, f"variable {variable['name']}: {found}"
         values["$" + variable["name"]] = MODEL
@@ -185,4 +217,6 @@ def test_every_dashboard_panel_shows_data(server, client, prometheus):
             empty.append(f"{name}: {expr} -> {result}")
     assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
     if awaited:
-        warnings.warn("panels not checked until their series exist: " + "; ".join(awaited), stacklevel=1)
+        warnings.warn(
+            "panels not checked until their series exist: " + "; ".join(awaited), stacklevel=1
+        )

@@ -59,10 +59,16 @@ def _post_text(http, path: str, text: str):
 
 # -- 1. the seed and other integers the worker could not take ------------------------------------
 
+
 @pytest.mark.parametrize("seed", [2**64, 2**64 - 1, 2**63, 10**400])
 def test_seed_beyond_the_generator_is_400_and_the_engine_lives(http, seed):
-    body = json.dumps(chat_body(pruning_method="random", keep_ratio=0.5))[:-1] + f', "pruning_seed": {seed}}}'
-    _assert_400(_post_text(http, "/v1/chat/completions", body), "pruning_seed", "9223372036854775807")
+    body = (
+        json.dumps(chat_body(pruning_method="random", keep_ratio=0.5))[:-1]
+        + f', "pruning_seed": {seed}}}'
+    )
+    _assert_400(
+        _post_text(http, "/v1/chat/completions", body), "pruning_seed", "9223372036854775807"
+    )
     ok = http.post("/v1/chat/completions", json=chat_body(keep_ratio=0.5))
     assert ok.status_code == 200, ok.text
 
@@ -77,8 +83,15 @@ def test_large_seeds_are_carried_exactly(server, http):
     kept = {}
     for seed in seeds:
         before = len(selections(server))
-        response = http.post("/v1/chat/completions", json=chat_body(
-            messages=_fresh_messages(f"seed {seed}"), pruning_method="random", keep_ratio=0.5, pruning_seed=seed))
+        response = http.post(
+            "/v1/chat/completions",
+            json=chat_body(
+                messages=_fresh_messages(f"seed {seed}"),
+                pruning_method="random",
+                keep_ratio=0.5,
+                pruning_seed=seed,
+            ),
+        )
         assert response.status_code == 200, response.text
         assert response.json()["usage"]["visual_tokens_kept"] == N_VISUAL // 2
         logged = selections(server)[before:]
@@ -91,15 +104,33 @@ def test_large_seeds_are_carried_exactly(server, http):
 
 # -- 2. the allow-list reads the request as vLLM does ---------------------------------------------
 
+
 def _bodies_with_processor_kwargs() -> dict[str, dict]:
     kwargs = {"mm_processor_kwargs": {"max_pixels": 1_000_000}}
     image = image_data_url()
     return {
         "/v1/chat/completions": chat_body(**kwargs),
         "/tokenize": {"model": MODEL, "messages": image_messages(), **kwargs},
-        "/v1/responses": {"model": MODEL, "max_output_tokens": 2, "input": [{"role": "user", "content": [
-            {"type": "input_image", "image_url": image}, {"type": "input_text", "text": "What is it?"}]}], **kwargs},
-        "/v1/chat/completions/batch": {"model": MODEL, "max_tokens": 2, "messages": [image_messages()], **kwargs},
+        "/v1/responses": {
+            "model": MODEL,
+            "max_output_tokens": 2,
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_image", "image_url": image},
+                        {"type": "input_text", "text": "What is it?"},
+                    ],
+                }
+            ],
+            **kwargs,
+        },
+        "/v1/chat/completions/batch": {
+            "model": MODEL,
+            "max_tokens": 2,
+            "messages": [image_messages()],
+            **kwargs,
+        },
         "/invocations": chat_body(**kwargs),
     }
 
@@ -114,40 +145,93 @@ def test_duplicated_content_type_does_not_skip_the_allow_list(server, path, orde
     status, response = post_raw(server.base_url, path, body, types)
     if order == "json-first":
         # What vLLM reads (the first header) is JSON: the allow-list answers.
-        _assert_400((status, response), "mm_processor_kwargs.max_pixels", "not an allowed processor argument")
+        _assert_400(
+            (status, response),
+            "mm_processor_kwargs.max_pixels",
+            "not an allowed processor argument",
+        )
     else:
         # vLLM refuses a text/plain body itself, or the allow-list does; never served with max_pixels.
         assert status in (400, 415, 422), response[:500]
 
 
 def test_media_io_kwargs_are_refused_by_default(http):
-    for path, body in (("/v1/chat/completions", chat_body(media_io_kwargs={"video": {"fps": 100}})),
-                       ("/tokenize", {"model": MODEL, "messages": image_messages(),
-                                      "media_io_kwargs": {"image": {"image_mode": "L"}}})):
+    for path, body in (
+        ("/v1/chat/completions", chat_body(media_io_kwargs={"video": {"fps": 100}})),
+        (
+            "/tokenize",
+            {
+                "model": MODEL,
+                "messages": image_messages(),
+                "media_io_kwargs": {"image": {"image_mode": "L"}},
+            },
+        ),
+    ):
         key = next(iter(body["media_io_kwargs"]))
         option = next(iter(body["media_io_kwargs"][key]))
-        _assert_400(http.post(path, json=body), f"media_io_kwargs.{key}.{option}", "--allowed-media-io-kwargs")
+        _assert_400(
+            http.post(path, json=body),
+            f"media_io_kwargs.{key}.{option}",
+            "--allowed-media-io-kwargs",
+        )
 
 
 # -- 4. client media uuids -------------------------------------------------------------------------
 
+
 def test_client_media_uuid_is_refused_saying_why(http):
-    with_image = chat_body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_data_url(seed=3)}, "uuid": "tenant-a-image"},
-        {"type": "text", "text": "What is this?"}]}])
-    error = _assert_400(http.post("/v1/chat/completions", json=with_image), "messages[0].content[0].uuid")
+    with_image = chat_body(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": image_data_url(seed=3)},
+                        "uuid": "tenant-a-image",
+                    },
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ]
+    )
+    error = _assert_400(
+        http.post("/v1/chat/completions", json=with_image), "messages[0].content[0].uuid"
+    )
     assert "another client" in error["message"] and "--trust-media-uuids" in error["message"]
-    uuid_only = chat_body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": None, "uuid": "tenant-a-image"}, {"type": "text", "text": "And this?"}]}])
+    uuid_only = chat_body(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": None, "uuid": "tenant-a-image"},
+                    {"type": "text", "text": "And this?"},
+                ],
+            }
+        ]
+    )
     _assert_400(http.post("/v1/chat/completions", json=uuid_only), "messages[0].content[0].uuid")
     # A null uuid is no uuid: served (the server hashes the pixels).
-    plain = chat_body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_data_url(seed=3)}, "uuid": None},
-        {"type": "text", "text": "What is this?"}]}])
+    plain = chat_body(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": image_data_url(seed=3)},
+                        "uuid": None,
+                    },
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ]
+    )
     assert http.post("/v1/chat/completions", json=plain).status_code == 200
 
 
 # -- 5. media URLs ---------------------------------------------------------------------------------
+
 
 class _CountingServer:
     """A loopback HTTP server that serves a PNG and counts the requests it got."""
@@ -187,14 +271,25 @@ def local_image_server():
 
 
 def _url_body(url: str) -> dict:
-    return chat_body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}])
+    return chat_body(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ]
+    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1"])
 def test_private_and_loopback_media_urls_are_not_fetched(http, local_image_server, host):
     started = time.monotonic()
-    response = http.post("/v1/chat/completions", json=_url_body(f"http://{host}:{local_image_server.port}/a.png"))
+    response = http.post(
+        "/v1/chat/completions", json=_url_body(f"http://{host}:{local_image_server.port}/a.png")
+    )
     assert 400 <= response.status_code < 500, response.text
     assert local_image_server.hits == []
     assert time.monotonic() - started < 30  # refused, not attempted until some timeout
@@ -202,12 +297,16 @@ def test_private_and_loopback_media_urls_are_not_fetched(http, local_image_serve
 
 # -- 6. metrics count what reached the client ------------------------------------------------------
 
+
 def _idle(base_url: str, timeout: float = 120.0) -> None:
     """Wait until vLLM runs no request (its own gauge), so a finished-or-aborted request is done."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         samples = scrape(base_url)
-        if total(samples, "vllm:num_requests_running") == 0 and total(samples, "vllm:num_requests_waiting") == 0:
+        if (
+            total(samples, "vllm:num_requests_running") == 0
+            and total(samples, "vllm:num_requests_waiting") == 0
+        ):
             return
         time.sleep(0.5)
     raise AssertionError("vLLM still busy")
@@ -216,8 +315,14 @@ def _idle(base_url: str, timeout: float = 120.0) -> None:
 def test_stream_closed_early_is_not_counted(server):
     _idle(server.base_url)
     before = scrape(server.base_url)
-    body = chat_body(messages=_fresh_messages("stream"), keep_ratio=0.25, max_tokens=400, stream=True,
-                     stream_options={"include_usage": True}, ignore_eos=True)
+    body = chat_body(
+        messages=_fresh_messages("stream"),
+        keep_ratio=0.25,
+        max_tokens=400,
+        stream=True,
+        stream_options={"include_usage": True},
+        ignore_eos=True,
+    )
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
         with client.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
@@ -225,35 +330,49 @@ def test_stream_closed_early_is_not_counted(server):
     time.sleep(1)
     _idle(server.base_url)
     after = scrape(server.base_url)
-    assert total(after, "mipruner_visual_tokens_total") == total(before, "mipruner_visual_tokens_total")
+    assert total(after, "mipruner_visual_tokens_total") == total(
+        before, "mipruner_visual_tokens_total"
+    )
 
 
 def test_abandoned_request_is_not_counted(server):
     _idle(server.base_url)
     before = scrape(server.base_url)
-    body = json.dumps(chat_body(messages=_fresh_messages("abandoned"), keep_ratio=0.25, max_tokens=400,
-                                ignore_eos=True)).encode()
+    body = json.dumps(
+        chat_body(
+            messages=_fresh_messages("abandoned"), keep_ratio=0.25, max_tokens=400, ignore_eos=True
+        )
+    ).encode()
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         time.sleep(1.0)  # the request is running; the client goes away
     time.sleep(1)
     _idle(server.base_url)
     after = scrape(server.base_url)
-    assert total(after, "mipruner_visual_tokens_total") == total(before, "mipruner_visual_tokens_total")
+    assert total(after, "mipruner_visual_tokens_total") == total(
+        before, "mipruner_visual_tokens_total"
+    )
 
 
 # -- 7. the smaller items ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["Keep_Ratio", "KEEP_RATIO", "keepRatio", "keep-ratio", "KeepRatio"])
+
+@pytest.mark.parametrize(
+    "key", ["Keep_Ratio", "KEEP_RATIO", "keepRatio", "keep-ratio", "KeepRatio"]
+)
 def test_pruning_field_lookalikes_are_400_naming_the_field_to_use(http, key):
     error = _assert_400(http.post("/v1/chat/completions", json=chat_body(**{key: 0.5})), key)
     assert "'keep_ratio'" in error["message"]
 
 
 def test_top_level_mipruner_key_is_400(http):
-    error = _assert_400(http.post("/v1/chat/completions", json=chat_body(mipruner={"keep_ratio": 0.5})), "mipruner")
+    error = _assert_400(
+        http.post("/v1/chat/completions", json=chat_body(mipruner={"keep_ratio": 0.5})), "mipruner"
+    )
     assert "keep_ratio" in error["message"]
 
 
@@ -266,13 +385,17 @@ def test_deep_json_is_400_not_500(http):
 
 def test_item_kept_whole_is_labelled_none(server, http):
     before = scrape(server.base_url)
-    response = http.post("/v1/chat/completions", json=chat_body(keep_tokens=1000, pruning_method="similarity"))
+    response = http.post(
+        "/v1/chat/completions", json=chat_body(keep_tokens=1000, pruning_method="similarity")
+    )
     assert response.status_code == 200
     assert response.json()["usage"]["visual_tokens_kept"] == N_VISUAL
     after = scrape(server.base_url)
 
     def delta(**labels):
-        return sample(after, "mipruner_visual_tokens_total", **labels) - sample(before, "mipruner_visual_tokens_total", **labels)
+        return sample(after, "mipruner_visual_tokens_total", **labels) - sample(
+            before, "mipruner_visual_tokens_total", **labels
+        )
 
     assert delta(method="none", **IMAGE) == N_VISUAL
     assert delta(method="similarity", **IMAGE) == 0
@@ -280,32 +403,54 @@ def test_item_kept_whole_is_labelled_none(server, http):
 
 def _kept_delta(before, after) -> float:
     return total(after, "mipruner_visual_tokens_kept_total", method="mi") - total(
-        before, "mipruner_visual_tokens_kept_total", method="mi")
+        before, "mipruner_visual_tokens_kept_total", method="mi"
+    )
 
 
 def test_chat_batch_gets_usage_and_metrics(server, http):
     before = scrape(server.base_url)
-    body = {"model": MODEL, "max_tokens": 2, "keep_ratio": 0.25,
-            "messages": [_fresh_messages("batch a"), _fresh_messages("batch b", seed=1)]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 2,
+        "keep_ratio": 0.25,
+        "messages": [_fresh_messages("batch a"), _fresh_messages("batch b", seed=1)],
+    }
     response = http.post("/v1/chat/completions/batch", json=body)
     assert response.status_code == 200, response.text
     usage = response.json()["usage"]
-    assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (2 * N_VISUAL, 2 * (N_VISUAL // 4))
+    assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (
+        2 * N_VISUAL,
+        2 * (N_VISUAL // 4),
+    )
     assert _kept_delta(before, scrape(server.base_url)) == 2 * (N_VISUAL // 4)
 
 
 def test_invocations_gets_usage_and_metrics(server, http):
     before = scrape(server.base_url)
-    response = http.post("/invocations", json=chat_body(messages=_fresh_messages("invocations"), keep_ratio=0.5))
+    response = http.post(
+        "/invocations", json=chat_body(messages=_fresh_messages("invocations"), keep_ratio=0.5)
+    )
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["visual_tokens_kept"] == N_VISUAL // 2
     assert _kept_delta(before, scrape(server.base_url)) == N_VISUAL // 2
 
 
 def _responses_body(**extra) -> dict:
-    return {"model": MODEL, "max_output_tokens": 16, "keep_ratio": 0.5, "input": [{"role": "user", "content": [
-        {"type": "input_image", "image_url": image_data_url(seed=5)},
-        {"type": "input_text", "text": f"Responses {time.time_ns()}?"}]}], **extra}
+    return {
+        "model": MODEL,
+        "max_output_tokens": 16,
+        "keep_ratio": 0.5,
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_image", "image_url": image_data_url(seed=5)},
+                    {"type": "input_text", "text": f"Responses {time.time_ns()}?"},
+                ],
+            }
+        ],
+        **extra,
+    }
 
 
 def test_responses_gets_usage_and_metrics(server, http):
@@ -322,8 +467,11 @@ def test_responses_stream_gets_usage_in_its_final_event(server, http):
     with http.stream("POST", "/v1/responses", json=_responses_body(stream=True)) as response:
         assert response.status_code == 200
         text = b"".join(response.iter_bytes()).decode()
-    finals = [json.loads(line[len("data: "):]) for line in text.splitlines()
-              if line.startswith("data: ") and '"response.completed"' in line]
+    finals = [
+        json.loads(line[len("data: ") :])
+        for line in text.splitlines()
+        if line.startswith("data: ") and '"response.completed"' in line
+    ]
     assert len(finals) == 1, text[-2000:]
     usage = finals[0]["response"]["usage"]
     assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (N_VISUAL, N_VISUAL // 2)

@@ -27,7 +27,9 @@ def fresh(_pool, tmp_path, demo_cache_dir):
     started = []
 
     def start(*args, name="lifecycle", env=None):
-        server = start_server(tmp_path, list(args), name=name, cache_dir=demo_cache_dir, env_extra=env)
+        server = start_server(
+            tmp_path, list(args), name=name, cache_dir=demo_cache_dir, env_extra=env
+        )
         started.append((server, _tree(server.process.pid)))
         return server
 
@@ -61,7 +63,9 @@ def _metrics_dir(processes: list[psutil.Process]) -> str:
     raise AssertionError("no process of the server has PROMETHEUS_MULTIPROC_DIR")
 
 
-def _assert_all_gone(processes: list[psutil.Process], metrics_dir: str, timeout: float = 120.0) -> None:
+def _assert_all_gone(
+    processes: list[psutil.Process], metrics_dir: str, timeout: float = 120.0
+) -> None:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     assert not alive, [(p.pid, p.name()) for p in alive]
     deadline = time.monotonic() + 30
@@ -90,19 +94,25 @@ def _stalled_server() -> tuple[socket.socket, int]:
 
 
 def test_private_urls_when_allowed_fetch_timeout_and_sigterm_cleanup(fresh):
-    server = fresh("--allow-private-media-urls", name="private-urls", env={"VLLM_IMAGE_FETCH_TIMEOUT": "2"})
+    server = fresh(
+        "--allow-private-media-urls", name="private-urls", env={"VLLM_IMAGE_FETCH_TIMEOUT": "2"}
+    )
     images = _CountingServer()
     stalled, port = _stalled_server()
     try:
         with httpx.Client(base_url=server.base_url, timeout=180) as http:
             # The operator allowed private addresses: a loopback image is fetched and served.
-            response = http.post("/v1/chat/completions", json=_url_body(f"http://127.0.0.1:{images.port}/a.png"))
+            response = http.post(
+                "/v1/chat/completions", json=_url_body(f"http://127.0.0.1:{images.port}/a.png")
+            )
             assert response.status_code == 200, response.text
             assert images.hits == ["/a.png"]
             # A URL that never answers is given up after the 2 s fetch timeout, retries included
             # (vLLM's own retries would take 2 + 8 + 32 s plus back-off).
             started = time.monotonic()
-            response = http.post("/v1/chat/completions", json=_url_body(f"http://127.0.0.1:{port}/stall.png"))
+            response = http.post(
+                "/v1/chat/completions", json=_url_body(f"http://127.0.0.1:{port}/stall.png")
+            )
             elapsed = time.monotonic() - started
             assert 400 <= response.status_code < 600 and response.status_code != 200
             assert elapsed < 12, f"stalled fetch held the request {elapsed:.1f} s"
@@ -133,13 +143,21 @@ def test_engine_death_is_a_failure_exit_status_and_leaves_nothing(fresh):
     metrics_dir = _metrics_dir(processes)
     supervisor = server.process.pid
     api_servers = {p.pid for p in processes if p.ppid() == supervisor}
-    engine = [p for p in processes if p.ppid() in api_servers and "resource_tracker" not in " ".join(p.cmdline())]
+    engine = [
+        p
+        for p in processes
+        if p.ppid() in api_servers and "resource_tracker" not in " ".join(p.cmdline())
+    ]
     assert engine, [(p.pid, p.name(), p.cmdline()[:3]) for p in processes]
     engine[0].kill()  # the engine core dies (as it would of an out-of-memory kill)
     # Requests now fail, and the server shuts down with a failure status, so a restart policy
     # (docker --restart on-failure, systemd Restart=on-failure, Kubernetes) brings it back.
     try:
-        httpx.post(server.base_url + "/v1/chat/completions", json={**chat_body(), "model": MODEL}, timeout=60)
+        httpx.post(
+            server.base_url + "/v1/chat/completions",
+            json={**chat_body(), "model": MODEL},
+            timeout=60,
+        )
     except httpx.HTTPError:
         pass
     returncode = server.process.wait(timeout=180)

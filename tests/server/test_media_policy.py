@@ -64,8 +64,20 @@ async def _fetch(url: str) -> bytes:
 
 
 def test_address_classification():
-    for address in ("127.0.0.1", "::1", "10.1.2.3", "192.168.0.1", "172.16.0.1", "169.254.169.254", "fe80::1",
-                    "100.64.0.1", "0.0.0.0", "224.0.0.1", "::ffff:127.0.0.1", "fd00::1"):
+    for address in (
+        "127.0.0.1",
+        "::1",
+        "10.1.2.3",
+        "192.168.0.1",
+        "172.16.0.1",
+        "169.254.169.254",
+        "fe80::1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "::ffff:127.0.0.1",
+        "fd00::1",
+    ):
         assert media._address_refused(address), address
     for address in ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"):
         assert not media._address_refused(address), address

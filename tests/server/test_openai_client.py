@@ -15,7 +15,11 @@ pytestmark = pytest.mark.server
 
 def _chat(client, **extra_body):
     return client.chat.completions.create(
-        model=MODEL, messages=image_messages(), max_tokens=2, temperature=0.0, extra_body=extra_body or None
+        model=MODEL,
+        messages=image_messages(),
+        max_tokens=2,
+        temperature=0.0,
+        extra_body=extra_body or None,
     )
 
 
@@ -45,9 +49,11 @@ def test_chat_keep_tokens(client, unpruned_prompt_tokens, keep_tokens, expected)
 
 
 def test_chat_other_methods_and_lambda(client, unpruned_prompt_tokens):
-    for extra in ({"keep_ratio": 0.5, "mi_lambda": 0.5, "mi_tau": 0.2},
-                  {"keep_ratio": 0.25, "pruning_method": "similarity"},
-                  {"keep_ratio": 0.25, "pruning_method": "divprune"}):
+    for extra in (
+        {"keep_ratio": 0.5, "mi_lambda": 0.5, "mi_tau": 0.2},
+        {"keep_ratio": 0.25, "pruning_method": "similarity"},
+        {"keep_ratio": 0.25, "pruning_method": "divprune"},
+    ):
         usage = _chat(client, **extra).usage
         kept = n_keep(N_VISUAL, keep_ratio=extra["keep_ratio"])
         assert usage.visual_tokens_kept == kept, extra
@@ -63,36 +69,58 @@ def test_server_default_applies_without_fields(client, unpruned_prompt_tokens):
 
 def test_text_only_chat_reports_zero_visual_tokens(client):
     response = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=2, extra_body={"keep_ratio": 0.5}
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=2,
+        extra_body={"keep_ratio": 0.5},
     )
     assert (response.usage.visual_tokens, response.usage.visual_tokens_kept) == (0, 0)
 
 
 def test_streaming_final_usage_chunk(client, unpruned_prompt_tokens):
     stream = client.chat.completions.create(
-        model=MODEL, messages=image_messages(), max_tokens=3, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"keep_ratio": 0.25},
+        model=MODEL,
+        messages=image_messages(),
+        max_tokens=3,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"keep_ratio": 0.25},
     )
     chunks = list(stream)
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1]
     usage = usage_chunks[0].usage
-    assert (usage.visual_tokens, usage.visual_tokens_kept) == (N_VISUAL, n_keep(N_VISUAL, keep_ratio=0.25))
+    assert (usage.visual_tokens, usage.visual_tokens_kept) == (
+        N_VISUAL,
+        n_keep(N_VISUAL, keep_ratio=0.25),
+    )
     assert usage.prompt_tokens == unpruned_prompt_tokens - (N_VISUAL - 4)
     assert any(c.choices and c.choices[0].delta.content is not None for c in chunks)
 
 
 def test_completions(client):
-    response = client.completions.create(model=MODEL, prompt="The picture shows", max_tokens=3,
-                                         extra_body={"keep_ratio": 0.5, "mi_lambda": 0.8})
+    response = client.completions.create(
+        model=MODEL,
+        prompt="The picture shows",
+        max_tokens=3,
+        extra_body={"keep_ratio": 0.5, "mi_lambda": 0.8},
+    )
     assert response.choices[0].text is not None
     assert response.usage.completion_tokens == 3
     assert (response.usage.visual_tokens, response.usage.visual_tokens_kept) == (0, 0)
 
 
 def test_completions_streaming(client):
-    chunks = list(client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="Hello",
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage.visual_tokens == 0
 
 
@@ -101,19 +129,28 @@ def test_same_request_twice_reports_same_usage(client):
     first = _chat(client, keep_ratio=0.5).usage
     second = _chat(client, keep_ratio=0.5).usage
     assert (first.visual_tokens, first.visual_tokens_kept, first.prompt_tokens) == (
-        second.visual_tokens, second.visual_tokens_kept, second.prompt_tokens)
+        second.visual_tokens,
+        second.visual_tokens_kept,
+        second.prompt_tokens,
+    )
 
 
 def test_32_concurrent_requests_each_get_their_own_usage(client, unpruned_prompt_tokens):
-    budgets = [{"keep_ratio": r} for r in (1.0, 0.5, 0.25, 0.125, 0.75, 0.3)] + [{"keep_tokens": 5}, {"keep_tokens": 2}]
+    budgets = [{"keep_ratio": r} for r in (1.0, 0.5, 0.25, 0.125, 0.75, 0.3)] + [
+        {"keep_tokens": 5},
+        {"keep_tokens": 2},
+    ]
     jobs = [(i, budgets[i % len(budgets)]) for i in range(32)]
 
     def run(job):
         i, budget = job
         # Distinct questions and images so requests differ beyond the budget.
         response = client.chat.completions.create(
-            model=MODEL, messages=image_messages(f"Question number {i}?", seed=i % 4), max_tokens=2,
-            temperature=0.0, extra_body=budget,
+            model=MODEL,
+            messages=image_messages(f"Question number {i}?", seed=i % 4),
+            max_tokens=2,
+            temperature=0.0,
+            extra_body=budget,
         )
         return budget, response.usage
 

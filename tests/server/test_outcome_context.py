@@ -25,7 +25,9 @@ class FakeRenderer:
         from vllm.utils.async_utils import make_async
 
         self._mm_executor = ThreadPoolExecutor(max_workers=1)
-        self._process_multimodal_async = make_async(self._process_multimodal, executor=self._mm_executor)
+        self._process_multimodal_async = make_async(
+            self._process_multimodal, executor=self._mm_executor
+        )
 
     def _process_multimodal(self, n_visual: int, n_kept: int) -> str:
         record_item("image", n_visual, n_kept, "mi")  # what the plugin's processor does

@@ -34,42 +34,105 @@ from mipruner_vllm.server.policy import (
 
 pytestmark = pytest.mark.server
 
-ROUTES = [*GENERATE_PATHS, "/tokenize", "/pooling", "/v1/embeddings", "/classify", "/score", "/v1/unknown"]
-LOOKALIKES = ["Keep_Ratio", "KEEP_RATIO", "keepRatio", "keep-ratio", "mipruner", "MiPruner", "keep_ration",
-              "mi_gamma", "pruning_seeds", "trim_ratio", "Pruning-Method"]
-OTHER_KEYS = ["model", "max_tokens", "temperature", "seed", "stream", "n", "tools", "response_format",
-              "chat_template_kwargs", "extra", "input", "prompt"]
+ROUTES = [
+    *GENERATE_PATHS,
+    "/tokenize",
+    "/pooling",
+    "/v1/embeddings",
+    "/classify",
+    "/score",
+    "/v1/unknown",
+]
+LOOKALIKES = [
+    "Keep_Ratio",
+    "KEEP_RATIO",
+    "keepRatio",
+    "keep-ratio",
+    "mipruner",
+    "MiPruner",
+    "keep_ration",
+    "mi_gamma",
+    "pruning_seeds",
+    "trim_ratio",
+    "Pruning-Method",
+]
+OTHER_KEYS = [
+    "model",
+    "max_tokens",
+    "temperature",
+    "seed",
+    "stream",
+    "n",
+    "tools",
+    "response_format",
+    "chat_template_kwargs",
+    "extra",
+    "input",
+    "prompt",
+]
 PROCESSOR_KEYS = [*REQUEST_FIELDS, "max_pixels", "min_pixels", "mipruner", "fps", "Keep_Ratio"]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.sampled_from([0, 1, -1, 4, 16, 1000, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**400]),
-    st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 1e-3, 1e3]),
-    st.text(max_size=8), st.sampled_from(["mi", "random", "none", "max", "softmax", "magic"]),
+    st.none(),
+    st.booleans(),
+    st.sampled_from([0, 1, -1, 4, 16, 1000, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**400]),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5, 1e-3, 1e3]),
+    st.text(max_size=8),
+    st.sampled_from(["mi", "random", "none", "max", "softmax", "magic"]),
 )
 
 
 def _json(max_leaves: int = 12):
-    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                        | st.dictionaries(st.sampled_from([*OTHER_KEYS, "uuid", "type", "url"]), inner, max_size=3),
-                        max_leaves=max_leaves)
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from([*OTHER_KEYS, "uuid", "type", "url"]), inner, max_size=3
+            )
+        ),
+        max_leaves=max_leaves,
+    )
 
 
-processor_kwargs = st.one_of(st.dictionaries(st.sampled_from(PROCESSOR_KEYS), scalars, max_size=4), _json(4))
+processor_kwargs = st.one_of(
+    st.dictionaries(st.sampled_from(PROCESSOR_KEYS), scalars, max_size=4), _json(4)
+)
 media_io_kwargs = st.one_of(
-    st.dictionaries(st.sampled_from(["image", "video", "audio"]),
-                    st.one_of(st.dictionaries(st.sampled_from(["fps", "num_frames", "image_mode"]), scalars, max_size=2),
-                              scalars), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["image", "video", "audio"]),
+        st.one_of(
+            st.dictionaries(
+                st.sampled_from(["fps", "num_frames", "image_mode"]), scalars, max_size=2
+            ),
+            scalars,
+        ),
+        max_size=2,
+    ),
     scalars,
 )
 part = st.fixed_dictionaries(
     {"type": st.sampled_from(["image_url", "text", "video_url", "input_image"])},
-    optional={"image_url": st.one_of(st.none(), st.fixed_dictionaries({"url": st.just("data:image/png;base64,AA==")})),
-              "text": st.text(max_size=5), "uuid": st.one_of(st.none(), st.text(max_size=6)),
-              "mm_processor_kwargs": processor_kwargs},
+    optional={
+        "image_url": st.one_of(
+            st.none(), st.fixed_dictionaries({"url": st.just("data:image/png;base64,AA==")})
+        ),
+        "text": st.text(max_size=5),
+        "uuid": st.one_of(st.none(), st.text(max_size=6)),
+        "mm_processor_kwargs": processor_kwargs,
+    },
 )
-messages = st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": st.one_of(st.text(max_size=5),
-                                                                                          st.lists(part, max_size=3))}),
-                    max_size=2)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.just("user"),
+            "content": st.one_of(st.text(max_size=5), st.lists(part, max_size=3)),
+        }
+    ),
+    max_size=2,
+)
 body_keys = st.sampled_from([*REQUEST_FIELDS, *LOOKALIKES, *OTHER_KEYS])
 bodies = st.builds(
     lambda base, kwargs, io, msgs, uuids, use: {
@@ -80,12 +143,23 @@ bodies = st.builds(
         **({"multi_modal_uuids": uuids} if use & 8 else {}),
     },
     st.dictionaries(body_keys, st.one_of(scalars, _json(4)), max_size=5),
-    processor_kwargs, media_io_kwargs, messages, st.one_of(st.none(), _json(3)), st.integers(0, 15),
+    processor_kwargs,
+    media_io_kwargs,
+    messages,
+    st.one_of(st.none(), _json(3)),
+    st.integers(0, 15),
 )
 server_settings = st.builds(
-    lambda io, trust, depth: MiprunerSettings(allowed_media_io_kwargs=io, trust_media_uuids=trust, max_json_depth=depth),
-    st.lists(st.sampled_from(["video.fps", "video.num_frames", "image.image_mode"]), max_size=2, unique=True),
-    st.booleans(), st.sampled_from([8, 64]),
+    lambda io, trust, depth: MiprunerSettings(
+        allowed_media_io_kwargs=io, trust_media_uuids=trust, max_json_depth=depth
+    ),
+    st.lists(
+        st.sampled_from(["video.fps", "video.num_frames", "image.image_mode"]),
+        max_size=2,
+        unique=True,
+    ),
+    st.booleans(),
+    st.sampled_from([8, 64]),
 )
 
 
@@ -101,7 +175,9 @@ def _objects(value, depth=1):
 
 
 def _max_depth(value, depth=1):
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
     return max([depth, *(_max_depth(c, depth + 1) for c in children if isinstance(c, dict | list))])
 
 
@@ -112,7 +188,11 @@ def _allowed_body(out, route, policy_settings, enabled):
     for key in out:
         name = canonical(key)
         assert key not in REQUEST_FIELDS, key  # moved into mm_processor_kwargs (or dropped)
-        assert not (name in REQUEST_FIELDS or name.startswith(PRUNING_PREFIXES) or name.startswith("mipruner")), key
+        assert not (
+            name in REQUEST_FIELDS
+            or name.startswith(PRUNING_PREFIXES)
+            or name.startswith("mipruner")
+        ), key
     if "mm_processor_kwargs" in out:
         assert enabled
         params = params_from_request(out["mm_processor_kwargs"], settings=policy_settings)
@@ -121,7 +201,9 @@ def _allowed_body(out, route, policy_settings, enabled):
     for obj, depth in _objects(out):
         if obj.get("mm_processor_kwargs") is not None:
             assert set(obj["mm_processor_kwargs"]) <= set(REQUEST_FIELDS)
-            params_from_request(obj["mm_processor_kwargs"], settings=policy_settings)  # valid values
+            params_from_request(
+                obj["mm_processor_kwargs"], settings=policy_settings
+            )  # valid values
         if obj.get("media_io_kwargs") is not None:
             io = obj["media_io_kwargs"]
             assert {f"{m}.{k}" for m, options in io.items() for k in options} <= allowed_io
@@ -132,11 +214,20 @@ def _allowed_body(out, route, policy_settings, enabled):
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=bodies, route=st.sampled_from(ROUTES), policy_settings=server_settings, enabled=st.booleans())
-def test_every_body_is_refused_naming_a_field_or_reaches_vllm_allow_listed(body, route, policy_settings, enabled):
+@given(
+    body=bodies,
+    route=st.sampled_from(ROUTES),
+    policy_settings=server_settings,
+    enabled=st.booleans(),
+)
+def test_every_body_is_refused_naming_a_field_or_reaches_vllm_allow_listed(
+    body, route, policy_settings, enabled
+):
     original = copy.deepcopy(body)
     try:
-        decision = apply_policy(body, route=route, settings=policy_settings, pruning_enabled=enabled)
+        decision = apply_policy(
+            body, route=route, settings=policy_settings, pruning_enabled=enabled
+        )
     except RequestRefused as exc:
         assert exc.field and exc.message
         head = exc.field.split(".")[0].split("[")[0]
@@ -162,20 +253,34 @@ def test_deep_body_is_refused_without_recursion():
     for _ in range(50_000):
         body = [body]
     with pytest.raises(RequestRefused) as err:
-        apply_policy({"messages": body}, route="/v1/chat/completions", settings=MiprunerSettings(),
-                     pruning_enabled=True)
+        apply_policy(
+            {"messages": body},
+            route="/v1/chat/completions",
+            settings=MiprunerSettings(),
+            pruning_enabled=True,
+        )
     assert err.value.field == "body"
 
 
-chat_bodies = st.builds(lambda msgs, extra: {"model": "m", "messages": msgs, **extra}, messages,
-                        st.dictionaries(st.sampled_from(["keep_ratio", "pruning_method", "max_tokens"]), scalars,
-                                        max_size=1))
+chat_bodies = st.builds(
+    lambda msgs, extra: {"model": "m", "messages": msgs, **extra},
+    messages,
+    st.dictionaries(
+        st.sampled_from(["keep_ratio", "pruning_method", "max_tokens"]), scalars, max_size=1
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=chat_bodies, route=st.sampled_from(ROUTES), policy_settings=server_settings, enabled=st.booleans())
+@given(
+    body=chat_bodies,
+    route=st.sampled_from(ROUTES),
+    policy_settings=server_settings,
+    enabled=st.booleans(),
+)
 def test_chat_shaped_bodies_follow_the_same_property(body, route, policy_settings, enabled):
     # Mostly well-formed chat bodies, so that content parts (media, uuids, nested kwargs) are
     # often accepted and their acceptance checked, not only refused.
     test_every_body_is_refused_naming_a_field_or_reaches_vllm_allow_listed.hypothesis.inner_test(
-        body, route, policy_settings, enabled)
+        body, route, policy_settings, enabled
+    )

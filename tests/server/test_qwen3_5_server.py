@@ -64,11 +64,16 @@ def test_image_budgets_follow_the_rule(client):
 
 
 def test_video_is_one_item_with_one_budget(client):
-    messages = _messages("What happens in the video?", video_data_url(side=SIDE, seed=2), "video_url")
+    messages = _messages(
+        "What happens in the video?", video_data_url(side=SIDE, seed=2), "video_url"
+    )
     full = _chat(client, messages).usage
     assert full.visual_tokens == N_VIDEO
     usage = _chat(client, messages, keep_ratio=0.25).usage
-    assert (usage.visual_tokens, usage.visual_tokens_kept) == (N_VIDEO, n_keep(N_VIDEO, keep_ratio=0.25))
+    assert (usage.visual_tokens, usage.visual_tokens_kept) == (
+        N_VIDEO,
+        n_keep(N_VIDEO, keep_ratio=0.25),
+    )
     assert usage.prompt_tokens == full.prompt_tokens - N_VIDEO + n_keep(N_VIDEO, keep_ratio=0.25)
 
 

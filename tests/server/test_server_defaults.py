@@ -24,29 +24,49 @@ def defaults_server(server_with):
 
 def test_flag_defaults_apply_to_requests_without_fields(defaults_server):
     before = scrape(defaults_server.base_url)
-    response = httpx.post(defaults_server.base_url + "/v1/chat/completions", json=chat_body(), timeout=120)
+    response = httpx.post(
+        defaults_server.base_url + "/v1/chat/completions", json=chat_body(), timeout=120
+    )
     assert response.status_code == 200, response.text
     usage = response.json()["usage"]
-    assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (N_VISUAL, n_keep(N_VISUAL, keep_ratio=0.5))
+    assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (
+        N_VISUAL,
+        n_keep(N_VISUAL, keep_ratio=0.5),
+    )
     after = scrape(defaults_server.base_url)
     labels = {"model": MODEL, "method": "similarity", "modality": "image"}
-    assert sample(after, "mipruner_visual_tokens_kept_total", **labels) - sample(
-        before, "mipruner_visual_tokens_kept_total", **labels) == N_VISUAL // 2
+    assert (
+        sample(after, "mipruner_visual_tokens_kept_total", **labels)
+        - sample(before, "mipruner_visual_tokens_kept_total", **labels)
+        == N_VISUAL // 2
+    )
 
 
 def test_request_fields_override_flag_defaults(defaults_server):
-    for fields, kept in (({"keep_ratio": 1.0}, N_VISUAL), ({"keep_tokens": 3}, 3), ({"pruning_method": "none"}, N_VISUAL)):
-        response = httpx.post(defaults_server.base_url + "/v1/chat/completions", json=chat_body(**fields), timeout=120)
+    for fields, kept in (
+        ({"keep_ratio": 1.0}, N_VISUAL),
+        ({"keep_tokens": 3}, 3),
+        ({"pruning_method": "none"}, N_VISUAL),
+    ):
+        response = httpx.post(
+            defaults_server.base_url + "/v1/chat/completions", json=chat_body(**fields), timeout=120
+        )
         assert response.status_code == 200, (fields, response.text)
         assert response.json()["usage"]["visual_tokens_kept"] == kept, fields
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--keep-ratio", "1.5"], "--keep-ratio: must be a number in (0, 1], got 1.5"),
-    (["--pruning-method", "magic"], "--pruning-method: must be one of mi,"),
-    (["--keep-ratio", "0.5", "--keep-tokens", "4"], "--keep-ratio and --keep-tokens are exclusive"),
-    (["--mi-tau", "abc"], "--mi-tau: invalid float value"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--keep-ratio", "1.5"], "--keep-ratio: must be a number in (0, 1], got 1.5"),
+        (["--pruning-method", "magic"], "--pruning-method: must be one of mi,"),
+        (
+            ["--keep-ratio", "0.5", "--keep-tokens", "4"],
+            "--keep-ratio and --keep-tokens are exclusive",
+        ),
+        (["--mi-tau", "abc"], "--mi-tau: invalid float value"),
+    ],
+)
 def test_bad_default_flag_stops_the_launcher_naming_it(args, expected):
     # Refused before vLLM is imported or any engine starts: an exit in about a second.
     result = subprocess.run([*serve_command(), *args], capture_output=True, text=True, timeout=120)

@@ -25,7 +25,12 @@ BAD_FIELDS = [
     ("both-budgets", {"keep_ratio": 0.5, "keep_tokens": 4}, "keep_tokens", "not both"),
     ("unknown-method", {"pruning_method": "magic"}, "pruning_method", "one of mi, trimtokenator"),
     ("method-type", {"pruning_method": 3}, "pruning_method", "one of mi"),
-    ("none-with-budget", {"pruning_method": "none", "keep_ratio": 0.5}, "pruning_method", "keeps every token"),
+    (
+        "none-with-budget",
+        {"pruning_method": "none", "keep_ratio": 0.5},
+        "pruning_method",
+        "keeps every token",
+    ),
     ("lambda-too-big", {"mi_lambda": 2}, "mi_lambda", "[0, 1]"),
     ("lambda-negative", {"mi_lambda": -0.1}, "mi_lambda", "[0, 1]"),
     ("lambda-string", {"mi_lambda": "high"}, "mi_lambda", "[0, 1]"),
@@ -35,12 +40,25 @@ BAD_FIELDS = [
     ("seed-negative", {"pruning_seed": -1}, "pruning_seed", "integer >= 0"),
     ("unknown-field", {"keep_ration": 0.5}, "keep_ration", "unknown pruning field"),
     ("unknown-mi-field", {"mi_gamma": 0.5}, "mi_gamma", "unknown pruning field"),
-    ("processor-kwarg", {"mm_processor_kwargs": {"max_pixels": 10_000_000}}, "mm_processor_kwargs.max_pixels",
-     "not an allowed processor argument"),
+    (
+        "processor-kwarg",
+        {"mm_processor_kwargs": {"max_pixels": 10_000_000}},
+        "mm_processor_kwargs.max_pixels",
+        "not an allowed processor argument",
+    ),
     ("processor-kwargs-type", {"mm_processor_kwargs": [1, 2]}, "mm_processor_kwargs", "object"),
-    ("processor-kwarg-bad-value", {"mm_processor_kwargs": {"keep_ratio": 7}}, "mm_processor_kwargs.keep_ratio", "(0, 1]"),
-    ("given-twice", {"keep_ratio": 0.5, "mm_processor_kwargs": {"keep_ratio": 0.5}},
-     "mm_processor_kwargs.keep_ratio", "both"),
+    (
+        "processor-kwarg-bad-value",
+        {"mm_processor_kwargs": {"keep_ratio": 7}},
+        "mm_processor_kwargs.keep_ratio",
+        "(0, 1]",
+    ),
+    (
+        "given-twice",
+        {"keep_ratio": 0.5, "mm_processor_kwargs": {"keep_ratio": 0.5}},
+        "mm_processor_kwargs.keep_ratio",
+        "both",
+    ),
 ]
 
 # Python's json (vLLM's and ours) reads these non-standard literals; they must not get through.
@@ -62,7 +80,9 @@ def _assert_400(response, param: str, text: str | None = None) -> None:
         assert text in error["message"], error["message"]
 
 
-@pytest.mark.parametrize("fields,param,text", [c[1:] for c in BAD_FIELDS], ids=[c[0] for c in BAD_FIELDS])
+@pytest.mark.parametrize(
+    "fields,param,text", [c[1:] for c in BAD_FIELDS], ids=[c[0] for c in BAD_FIELDS]
+)
 def test_bad_field_is_400_naming_it(http, fields, param, text):
     _assert_400(http.post("/v1/chat/completions", json=chat_body(**fields)), param, text)
 
@@ -70,14 +90,24 @@ def test_bad_field_is_400_naming_it(http, fields, param, text):
 @pytest.mark.parametrize("literal,param", [c[1:] for c in BAD_RAW], ids=[c[0] for c in BAD_RAW])
 def test_non_finite_number_is_400(http, literal, param):
     body = json.dumps(chat_body())[:-1] + ", " + literal + "}"
-    response = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    response = http.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     _assert_400(response, param, "a number in")
 
 
-@pytest.mark.parametrize("fields,param", [({"keep_ratio": 2}, "keep_ratio"), ({"keep_tokens": -3}, "keep_tokens"),
-                                          ({"pruning_method": "magic"}, "pruning_method")])
+@pytest.mark.parametrize(
+    "fields,param",
+    [
+        ({"keep_ratio": 2}, "keep_ratio"),
+        ({"keep_tokens": -3}, "keep_tokens"),
+        ({"pruning_method": "magic"}, "pruning_method"),
+    ],
+)
 def test_completions_endpoint_validates_too(http, fields, param):
-    response = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 1, **fields})
+    response = http.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 1, **fields}
+    )
     _assert_400(response, param)
 
 
@@ -106,7 +136,9 @@ def test_non_pruning_errors_still_come_from_vllm(http):
     # Not our business: vLLM's own validation answers it, in the same error shape.
     response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": "not a list"})
     assert response.status_code in (400, 422)
-    response = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    response = http.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code in (400, 422)
 
 
@@ -114,11 +146,25 @@ def test_tokenize_route_is_guarded_and_honours_pruning_kwargs(http):
     messages = chat_body()["messages"]
     full = http.post("/tokenize", json={"model": MODEL, "messages": messages})
     assert full.status_code == 200, full.text
-    pruned = http.post("/tokenize", json={"model": MODEL, "messages": messages,
-                                          "mm_processor_kwargs": {"keep_ratio": 0.25}})
+    pruned = http.post(
+        "/tokenize",
+        json={"model": MODEL, "messages": messages, "mm_processor_kwargs": {"keep_ratio": 0.25}},
+    )
     assert pruned.status_code == 200, pruned.text
     assert pruned.json()["count"] == full.json()["count"] - (N_VISUAL - N_VISUAL // 4)
-    _assert_400(http.post("/tokenize", json={"model": MODEL, "messages": messages,
-                                             "mm_processor_kwargs": {"max_pixels": 10**7}}),
-                "mm_processor_kwargs.max_pixels", "not an allowed processor argument")
-    _assert_400(http.post("/tokenize", json={"model": MODEL, "messages": messages, "keep_ratio": 0.5}), "keep_ratio")
+    _assert_400(
+        http.post(
+            "/tokenize",
+            json={
+                "model": MODEL,
+                "messages": messages,
+                "mm_processor_kwargs": {"max_pixels": 10**7},
+            },
+        ),
+        "mm_processor_kwargs.max_pixels",
+        "not an allowed processor argument",
+    )
+    _assert_400(
+        http.post("/tokenize", json={"model": MODEL, "messages": messages, "keep_ratio": 0.5}),
+        "keep_ratio",
+    )

@@ -19,7 +19,9 @@ RESULTS = sorted((ROOT / "benchmarks" / "results" / "bench_serve").glob("*.json"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_plots_the_committed_bench_serve_results(tmp_path):
@@ -30,7 +32,9 @@ def test_plots_the_committed_bench_serve_results(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ratios = {json.loads(p.read_text())["keep_ratio"] for p in RESULTS}
     rows = [line for line in proc.stdout.splitlines()[1:] if not line.startswith("wrote")]
-    assert len(rows) == len(RESULTS) and {float(r.split()[1]) for r in rows} == {float(x) for x in ratios}
+    assert len(rows) == len(RESULTS) and {float(r.split()[1]) for r in rows} == {
+        float(x) for x in ratios
+    }
 
 
 def test_a_result_without_keep_ratio_is_refused(tmp_path):

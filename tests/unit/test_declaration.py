@@ -32,9 +32,15 @@ def test_every_layer_lists_exactly_the_declared_parameters():
     assert list(REQUEST_FIELDS) == requests and list(REQUEST_FIELDS.values()) == names
     assert list(PARAM_LAYOUT) == names
     assert list(ALLOWED_VALUES) == names
-    keyword_only = [n for n, p in inspect.signature(resolve_params).parameters.items() if n != "settings"]
+    keyword_only = [
+        n for n, p in inspect.signature(resolve_params).parameters.items() if n != "settings"
+    ]
     assert keyword_only == names
-    assert [n for n in inspect.signature(select_tokens).parameters if n not in ("visual", "text", "backend")] == names
+    assert [
+        n
+        for n in inspect.signature(select_tokens).parameters
+        if n not in ("visual", "text", "backend")
+    ] == names
 
 
 def test_ranges_and_defaults_come_from_the_declaration():
@@ -48,7 +54,8 @@ def test_ranges_and_defaults_come_from_the_declaration():
         else:
             bounds = {"gt": "exclusiveMinimum", "ge": "minimum", "le": "maximum"}
             assert {bounds[k]: v for k, v in p.constraints().items()} == {
-                k: first[k] for k in ("exclusiveMinimum", "minimum", "maximum") if k in first}, p.name
+                k: first[k] for k in ("exclusiveMinimum", "minimum", "maximum") if k in first
+            }, p.name
         assert p.allowed in schema["description"]
 
 
@@ -65,8 +72,15 @@ def test_server_flags_are_derived():
 
 @pytest.mark.parametrize("seed", [0, 1, 2**53 + 1, 2**60, 2**60 + 1, 2**60 + 7, SEED_MAX])
 def test_params_tensor_carries_every_value_exactly(seed):
-    params = params_from_request({"pruning_method": "random", "keep_ratio": 0.07, "pruning_seed": seed,
-                                  "mi_tau": 0.1234567890123, "mi_lambda": 1 / 3})
+    params = params_from_request(
+        {
+            "pruning_method": "random",
+            "keep_ratio": 0.07,
+            "pruning_seed": seed,
+            "mi_tau": 0.1234567890123,
+            "mi_lambda": 1 / 3,
+        }
+    )
     vector = encode_params(params)
     assert vector.dtype == torch.int64 and vector.shape == (len(PRUNING_PARAMETERS),)
     decoded = decode_params(vector)
@@ -84,7 +98,9 @@ def test_seed_outside_the_generator_range_is_refused_naming_the_range(seed):
 
 
 def test_largest_seed_runs_the_generator_and_frames_stay_in_range():
-    kept = select_tokens(torch.randn(32, 8), torch.randn(2, 8), keep_ratio=0.25, method="random", seed=SEED_MAX)
+    kept = select_tokens(
+        torch.randn(32, 8), torch.randn(2, 8), keep_ratio=0.25, method="random", seed=SEED_MAX
+    )
     assert kept.numel() == 8
     # A video's frames use seed + frame: still within what manual_seed takes (< 2**64).
     torch.Generator().manual_seed(SEED_MAX + 10_000)

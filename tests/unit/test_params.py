@@ -84,7 +84,11 @@ def test_settings_defaults():
     settings = get_settings()
     assert settings.keep_ratio == 1.0 and settings.keep_tokens is None
     assert (settings.method, settings.mi_lambda, settings.mi_tau) == ("mi", 1.0, 0.1)
-    assert (settings.aggregation, settings.normalization, settings.trim_stage1_ratio) == ("max", "softmax", 0.8)
+    assert (settings.aggregation, settings.normalization, settings.trim_stage1_ratio) == (
+        "max",
+        "softmax",
+        0.8,
+    )
     assert settings.backend == "auto"
 
 

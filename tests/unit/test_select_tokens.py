@@ -46,7 +46,12 @@ def test_agrees_with_float64_algorithm1(mi_lambda, tau, seed):
 def test_ablation_variants_agree_with_float64(aggregation, normalization, mi_lambda):
     visual, text = _inputs(40, 5, seed=7)
     kept = select_tokens(
-        visual, text, keep_tokens=9, mi_lambda=mi_lambda, aggregation=aggregation, normalization=normalization
+        visual,
+        text,
+        keep_tokens=9,
+        mi_lambda=mi_lambda,
+        aggregation=aggregation,
+        normalization=normalization,
     )
     assert kept.tolist() == algorithm1(visual, text, 9, mi_lambda, 0.1, aggregation, normalization)
 
@@ -74,7 +79,9 @@ def test_lambda_one_greedy_equals_one_pass_top_k():
     visual, text = _inputs(64, 9, seed=5)
     cross = reference.cross_modal_scores(visual, text, 0.1)
     for k in (1, 5, 17, 64):
-        assert torch.equal(reference.mi_greedy(visual, cross, k, 1.0, 0.1), reference.topk_indices(cross, k))
+        assert torch.equal(
+            reference.mi_greedy(visual, cross, k, 1.0, 0.1), reference.topk_indices(cross, k)
+        )
 
 
 # --- the output contract, every method --------------------------------------------------------
@@ -97,7 +104,9 @@ def test_deterministic(method):
     visual, text = _inputs(80, 6)
     first = select_tokens(visual, text, keep_ratio=0.3, method=method, mi_lambda=0.5)
     for _ in range(3):
-        assert torch.equal(select_tokens(visual, text, keep_ratio=0.3, method=method, mi_lambda=0.5), first)
+        assert torch.equal(
+            select_tokens(visual, text, keep_ratio=0.3, method=method, mi_lambda=0.5), first
+        )
 
 
 @pytest.mark.parametrize("method", ["mi", "similarity", "trimtokenator", "divprune"])
@@ -112,7 +121,12 @@ def test_ties_go_to_the_lower_index(method, mi_lambda):
 
 def test_keep_everything_and_more():
     visual, text = _inputs(12, 3)
-    for kwargs in ({"keep_ratio": 1.0}, {"keep_tokens": 12}, {"keep_tokens": 500}, {"method": "none"}):
+    for kwargs in (
+        {"keep_ratio": 1.0},
+        {"keep_tokens": 12},
+        {"keep_tokens": 500},
+        {"method": "none"},
+    ):
         assert select_tokens(visual, text, **kwargs).tolist() == list(range(12))
 
 
@@ -126,10 +140,17 @@ def test_single_visual_token(method):
 @pytest.mark.parametrize("mi_lambda", [1.0, 0.5])
 def test_no_text_keeps_a_uniform_stride(method, mi_lambda):
     visual = torch.randn(20, 8)
-    kept = select_tokens(visual, torch.empty(0, 8), keep_tokens=4, method=method, mi_lambda=mi_lambda)
+    kept = select_tokens(
+        visual, torch.empty(0, 8), keep_tokens=4, method=method, mi_lambda=mi_lambda
+    )
     assert kept.tolist() == [2, 7, 12, 17]
     # The hidden size of an empty text tensor does not matter.
-    assert select_tokens(visual, torch.empty(0, 0), keep_tokens=4, method=method).tolist() == [2, 7, 12, 17]
+    assert select_tokens(visual, torch.empty(0, 0), keep_tokens=4, method=method).tolist() == [
+        2,
+        7,
+        12,
+        17,
+    ]
 
 
 def test_single_text_token():
@@ -178,7 +199,10 @@ def test_random_is_seeded():
 
 
 def test_batch_equals_one_by_one_with_mixed_parameters():
-    items = [_inputs(n_v, n_t, seed=i) for i, (n_v, n_t) in enumerate([(30, 4), (7, 0), (64, 12), (1, 2)])]
+    items = [
+        _inputs(n_v, n_t, seed=i)
+        for i, (n_v, n_t) in enumerate([(30, 4), (7, 0), (64, 12), (1, 2)])
+    ]
     params = [
         resolve_params(keep_ratio=0.25),
         resolve_params(keep_tokens=3, method="similarity"),
@@ -199,7 +223,9 @@ def test_batch_equals_one_by_one_with_mixed_parameters():
 def test_batch_shape_errors_name_the_item():
     visual, text = _inputs(10, 2)
     with pytest.raises(PruningInputError, match=r"visual\[1\] contains NaN"):
-        select_tokens_batch([visual, torch.full((3, 24), float("nan"))], [text, text], resolve_params())
+        select_tokens_batch(
+            [visual, torch.full((3, 24), float("nan"))], [text, text], resolve_params()
+        )
     with pytest.raises(PruningInputError, match="2 visual items but 1 text"):
         select_tokens_batch([visual, visual], [text], resolve_params())
     with pytest.raises(PruningInputError, match="2 items but 3 parameter sets"):
@@ -248,7 +274,11 @@ BAD_TENSORS = [
     (torch.randn(10), torch.randn(3, 24), "visual must be 2-D"),
     (torch.randn(10, 24), torch.randn(3, 24, 1), "text must be 2-D"),
     (torch.randn(0, 24), torch.randn(3, 24), "at least one token"),
-    (torch.randn(10, 24), torch.randn(3, 16), "hidden size 16 does not match visual hidden size 24"),
+    (
+        torch.randn(10, 24),
+        torch.randn(3, 16),
+        "hidden size 16 does not match visual hidden size 24",
+    ),
     (torch.ones(10, 24, dtype=torch.int64), torch.randn(3, 24), "floating-point"),
     (torch.tensor([[float("nan")] * 24] * 2), torch.randn(3, 24), "visual contains NaN or inf"),
     (torch.randn(10, 24), torch.tensor([[float("inf")] * 24]), "text contains NaN or inf"),

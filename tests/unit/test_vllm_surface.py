@@ -24,7 +24,9 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_SOURCES = sorted(
-    p for d in ("mipruner_vllm", "server", "kernels", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")
+    p
+    for d in ("mipruner_vllm", "server", "kernels", "benchmarks", "scripts")
+    for p in (ROOT / d).rglob("*.py")
 )
 
 FAKE_VLLM = {
@@ -67,7 +69,14 @@ def name(location: str, *more: str, params: tuple[str, ...] | None = None) -> Vl
         name("vllm.proc:Base.keyword_only", params=("self", "a", "*", "cache", "scheduler_config")),
         name("vllm.proc:Base.spread", params=("self", "*args", "**kwargs")),
         # An override that passes **kwargs on accepts parameters vLLM appends.
-        VllmName("k", "override", "test", ("vllm.proc:Base.keyword_only",), ("self", "a", "*", "cache"), True),
+        VllmName(
+            "k",
+            "override",
+            "test",
+            ("vllm.proc:Base.keyword_only",),
+            ("self", "a", "*", "cache"),
+            True,
+        ),
         name("vllm.new_home:moved", "vllm.old_home:moved"),  # newest location first
         name("vllm.old_home:moved", "vllm.new_home:moved"),  # any order resolves
     ],
@@ -82,11 +91,25 @@ def test_present_names_pass(declared: VllmName) -> None:
         (name("vllm.gone:Thing"), "module vllm.gone not found"),
         (name("vllm.proc:Missing"), "vllm.proc:Missing not found"),
         (name("vllm.proc:Other.hook"), "class vllm.proc:Other not found"),
-        (name("vllm.proc:Base.renamed_hook", params=("self",)), "vllm.proc:Base.renamed_hook not found"),
+        (
+            name("vllm.proc:Base.renamed_hook", params=("self",)),
+            "vllm.proc:Base.renamed_hook not found",
+        ),
         # An override whose base method gained a parameter: ours would not pass it on.
-        (name("vllm.proc:Base.hook", params=("self", "mm_items")), "has parameters (self, mm_items, hf_kwargs)"),
-        (name("vllm.proc:Base.keyword_only", params=("self", "a", "cache", "scheduler_config")), "expected"),
-        (VllmName("k", "override", "test", ("vllm.proc:Base.keyword_only",), ("self", "b"), True), "expected (self, b, ...)"),
+        (
+            name("vllm.proc:Base.hook", params=("self", "mm_items")),
+            "has parameters (self, mm_items, hf_kwargs)",
+        ),
+        (
+            name("vllm.proc:Base.keyword_only", params=("self", "a", "cache", "scheduler_config")),
+            "expected",
+        ),
+        (
+            VllmName(
+                "k", "override", "test", ("vllm.proc:Base.keyword_only",), ("self", "b"), True
+            ),
+            "expected (self, b, ...)",
+        ),
     ],
 )
 def test_missing_or_changed_names_are_reported(declared: VllmName, reason: str) -> None:
@@ -96,7 +119,9 @@ def test_missing_or_changed_names_are_reported(declared: VllmName, reason: str) 
     assert "vllm==9.9.9" in str(error) and declared.key in str(error)
 
 
-def test_a_removed_override_target_fails_the_load_time_check(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_removed_override_target_fails_the_load_time_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     files = dict(FAKE_VLLM, **{"vllm/proc.py": "class Base:\n    pass\n"})
     monkeypatch.setattr(vllm_surface, "installed_vllm_version", lambda: "0.32.5")
     declared = [name("vllm.proc:Base.hook", params=("self", "mm_items", "hf_kwargs"))]
@@ -107,8 +132,12 @@ def test_a_removed_override_target_fails_the_load_time_check(monkeypatch: pytest
 
 def test_version_range_names_both_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = vllm_surface.supported_vllm_range()
-    assert vllm_surface.is_supported("0.32.0+cpu", spec) and vllm_surface.is_supported("0.33.0", spec)
-    assert not vllm_surface.is_supported("0.31.9", spec) and not vllm_surface.is_supported("0.34.0", spec)
+    assert vllm_surface.is_supported("0.32.0+cpu", spec) and vllm_surface.is_supported(
+        "0.33.0", spec
+    )
+    assert not vllm_surface.is_supported("0.31.9", spec) and not vllm_surface.is_supported(
+        "0.34.0", spec
+    )
     monkeypatch.setattr(vllm_surface, "installed_vllm_version", lambda: "0.40.1")
     with pytest.raises(UnsupportedVllmError, match=r"vllm==0\.40\.1") as err:
         vllm_surface.check_installed()
@@ -118,7 +147,9 @@ def test_version_range_names_both_versions(monkeypatch: pytest.MonkeyPatch) -> N
 def test_pyproject_extra_matches_the_fallback_range() -> None:
     import tomllib
 
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     assert f"vllm{vllm_surface.FALLBACK_VLLM_RANGE}" in [r.replace(" ", "") for r in extras["vllm"]]
 
 
@@ -154,7 +185,10 @@ def test_every_vllm_import_in_the_project_is_declared() -> None:
         # `import vllm` only reads vllm.__version__ (the version check, the smoke check).
         if location != "vllm" and location not in declared
     }
-    assert not undeclared, "declare these in mipruner_vllm/integration/vllm_surface.py: " + ", ".join(sorted(undeclared))
+    assert not undeclared, (
+        "declare these in mipruner_vllm/integration/vllm_surface.py: "
+        + ", ".join(sorted(undeclared))
+    )
 
 
 def test_every_resolved_or_patched_key_is_declared() -> None:
@@ -169,7 +203,9 @@ def test_declaration_is_well_formed() -> None:
     assert len(SURFACE_BY_KEY) == len(SURFACE), "duplicate keys"
     for declared in SURFACE:
         assert declared.why and declared.locations
-        assert all(loc.startswith("vllm") and ":" in loc for loc in declared.locations), declared.key
+        assert all(loc.startswith("vllm") and ":" in loc for loc in declared.locations), (
+            declared.key
+        )
         if declared.use == "override":
             assert declared.params is not None, f"{declared.key}: overrides pin their parameters"
 
@@ -182,10 +218,17 @@ def test_patches_are_logged_idempotent_and_undoable(caplog: pytest.LogCaptureFix
     renderer = Renderer()
     original = renderer._process_multimodal_async
     with caplog.at_level("INFO", logger=vllm_surface.__name__):
-        first = vllm_surface.apply_patch("BaseRenderer._process_multimodal_async", renderer, lambda: "ours")
-        again = vllm_surface.apply_patch("BaseRenderer._process_multimodal_async", renderer, lambda: "other")
+        first = vllm_surface.apply_patch(
+            "BaseRenderer._process_multimodal_async", renderer, lambda: "ours"
+        )
+        again = vllm_surface.apply_patch(
+            "BaseRenderer._process_multimodal_async", renderer, lambda: "other"
+        )
     assert again is first and renderer._process_multimodal_async() == "ours"
-    assert sum("replaced BaseRenderer._process_multimodal_async" in r.message for r in caplog.records) == 1
+    assert (
+        sum("replaced BaseRenderer._process_multimodal_async" in r.message for r in caplog.records)
+        == 1
+    )
     first.undo()
     assert renderer._process_multimodal_async == original
     with pytest.raises(ValueError, match="not declared as a patch"):

@@ -20,7 +20,6 @@ from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMi
 pytestmark = pytest.mark.unit
 
 
-
 def select_frames(*args):
     """Each item's selected rows (the mixin also reports the backends: see the last test)."""
     return MIPrunerModelMixin._mipruner_select_frames(*args).indices
@@ -44,7 +43,9 @@ def test_frames_are_selected_with_their_share_of_the_video_budget(budget: dict) 
     video, image = _item(frames * per_frame, seed=1), _item(20, seed=2)
     text = _item(4, seed=3)
     params = resolve_params(**budget)
-    video_kept, image_kept = select_frames([frames, 1], [video, image], [text, text], [params, params])
+    video_kept, image_kept = select_frames(
+        [frames, 1], [video, image], [text, text], [params, params]
+    )
 
     # A plain item next to it is selected exactly as on its own.
     assert torch.equal(image_kept, select_tokens(image, text, **budget))
@@ -85,7 +86,9 @@ class _Model(MIPrunerModelMixin):
     def __init__(self, table: torch.Tensor) -> None:
         self.table = table
 
-    def _mipruner_embed_texts(self, ids: list[torch.Tensor], visuals: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _mipruner_embed_texts(
+        self, ids: list[torch.Tensor], visuals: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         return [self.table[i] for i in ids]
 
 
@@ -112,7 +115,9 @@ def test_deepstack_columns_follow_the_kept_rows_and_are_not_scored() -> None:
     # Scores ignore the deepstack columns: changing them changes nothing in the selection.
     noisy = image.clone()
     noisy[:, hidden:] = _item(24, hidden * levels, seed=8)
-    again = _Model(table)._mipruner_select([EncodedItem("image", noisy, hidden)], {"image": fields["image"]})[0]
+    again = _Model(table)._mipruner_select(
+        [EncodedItem("image", noisy, hidden)], {"image": fields["image"]}
+    )[0]
     assert torch.equal(again, noisy[expected])
 
 
@@ -122,7 +127,9 @@ def test_each_item_reports_the_backend_that_ran_it() -> None:
     params = resolve_params(keep_ratio=0.25)
     no_text = torch.zeros(0, 16)
     selection = MIPrunerModelMixin._mipruner_select_frames(
-        [1, 3, 2], [_item(20), _item(36, seed=1), _item(24, seed=2)], [_item(4), _item(4), no_text],
+        [1, 3, 2],
+        [_item(20), _item(36, seed=1), _item(24, seed=2)],
+        [_item(4), _item(4), no_text],
         [params, params, params],
     )
     assert selection.backends == ["torch", "torch", "none"]

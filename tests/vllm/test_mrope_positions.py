@@ -38,7 +38,9 @@ def _prompt(items: list[tuple[int, int]], text: int = 5) -> tuple[list[int], lis
     return ids, offsets
 
 
-def _stock_positions(ids: list[int], grids: list[tuple[int, int, int, int, float]]) -> tuple[torch.Tensor, int]:
+def _stock_positions(
+    ids: list[int], grids: list[tuple[int, int, int, int, float]]
+) -> tuple[torch.Tensor, int]:
     from vllm.model_executor.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
     fake = SimpleNamespace(iter_mm_grid_thw=lambda _features: iter(grids))
@@ -57,7 +59,9 @@ def test_unpruned_positions_equal_stock(shapes: list[tuple[int, int, int, float]
     pytest.importorskip("vllm")
     ids, offsets = _prompt([(IMG if t == 1 else VID, t * h * w) for t, h, w, _ in shapes])
     grids = [(off, t, h, w, f) for off, (t, h, w, f) in zip(offsets, shapes, strict=True)]
-    ours, delta = pruned_mrope_input_positions(iter(grids), [t * h * w for t, h, w, _ in shapes], len(ids))
+    ours, delta = pruned_mrope_input_positions(
+        iter(grids), [t * h * w for t, h, w, _ in shapes], len(ids)
+    )
     stock, stock_delta = _stock_positions(ids, grids)
     assert torch.equal(ours, stock.long())
     assert delta == stock_delta
@@ -93,7 +97,10 @@ def test_recompute_is_independent_of_chunking_and_cache_hits() -> None:
     # Kept tokens sit at their original grid positions relative to the item's base.
     first = media[0]
     base = int(positions[0, first - 1]) + 1
-    assert positions[:, first : first + 5].tolist() == (grid_positions(1, 4, 4)[[0, 3, 6, 10, 15]].T + base).tolist()
+    assert (
+        positions[:, first : first + 5].tolist()
+        == (grid_positions(1, 4, 4)[[0, 3, 6, 10, 15]].T + base).tolist()
+    )
     # Text never moves.
     text = [i for i in range(len(ids)) if i not in media]
     assert torch.equal(positions[:, text], init[:, text])
@@ -154,17 +161,23 @@ def test_qwen3_pruned_video_keeps_stock_positions_of_every_kept_token() -> None:
     )
     frames, per_frame = 3, 16
     full_ids, full_feature = _qwen3_video_prompt([per_frame] * frames)
-    stock, _ = Qwen3VLForConditionalGeneration._get_mrope_input_positions(full_ids, [full_feature], config)
+    stock, _ = Qwen3VLForConditionalGeneration._get_mrope_input_positions(
+        full_ids, [full_feature], config
+    )
 
     kept_per_frame = [[0, 5, 15], [3, 4], [9, 10]]  # frame-local indices (budgets 3, 2, 2)
     ids, feature = _qwen3_video_prompt([len(k) for k in kept_per_frame])
     fake_model = SimpleNamespace(config=config)
-    init, delta = MIPrunerQwen3VLForConditionalGeneration.get_mrope_input_positions(fake_model, ids, [feature])
+    init, delta = MIPrunerQwen3VLForConditionalGeneration.get_mrope_input_positions(
+        fake_model, ids, [feature]
+    )
 
     # The model's rows: kept tokens in order, positions (0, h, w) relative to their frame's run.
     frame_grid = grid_positions(1, 4, 4)
     positions = torch.cat([frame_grid[k] for k in kept_per_frame])
-    rows = torch.cat([torch.randn(len(positions), 8), encode_positions(positions, torch.float32)], dim=1)
+    rows = torch.cat(
+        [torch.randn(len(positions), 8), encode_positions(positions, torch.float32)], dim=1
+    )
     _, whole, whole_delta = recompute_media_positions(ids, [rows], init, 0, (IMG, VID))
 
     # Which tokens of the unpruned prompt remain: all non-video tokens and the kept video tokens.

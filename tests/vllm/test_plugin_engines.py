@@ -100,14 +100,22 @@ class Harness:
         return {self.tokenizer.convert_tokens_to_ids(name) for name in names}
 
     def prompt(self, question: str, n_images: int = 1, videos: int = 0) -> str:
-        content: list[dict[str, Any]] = [{"type": "image"}] * n_images + [{"type": "video"}] * videos
+        content: list[dict[str, Any]] = [{"type": "image"}] * n_images + [
+            {"type": "video"}
+        ] * videos
         if question:
             content.append({"type": "text", "text": question})
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
 
-    def request(self, question: str = QUESTION, images: list[Any] | None = None, vid: Any = None, **kwargs: Any) -> dict[str, Any]:
+    def request(
+        self,
+        question: str = QUESTION,
+        images: list[Any] | None = None,
+        vid: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         images = images or []
         data: dict[str, Any] = {}
         if images:
@@ -138,7 +146,10 @@ def summary(output: Any) -> tuple[list[int], list[dict[int, float]]]:
 
 def reference_requests(h: Harness) -> dict[str, dict[str, Any]]:
     sizes = IMAGE_SIZES[h.arch]
-    reqs = {name: h.request(images=[image(size, seed=i)]) for i, (name, size) in enumerate(sizes.items())}
+    reqs = {
+        name: h.request(images=[image(size, seed=i)])
+        for i, (name, size) in enumerate(sizes.items())
+    }
     if h.arch in QWEN:
         reqs["video"] = h.request("What happens in the video?", vid=video(h.arch))
     return reqs
@@ -167,7 +178,11 @@ def _limits(arch: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def stock_outputs(
-    arch: str, checkpoint: str, tokenizer: Any, engine_tools: Any, tmp_path_factory: pytest.TempPathFactory
+    arch: str,
+    checkpoint: str,
+    tokenizer: Any,
+    engine_tools: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
     """Reference outputs of stock vLLM (the engine is shut down before the plugin engine starts)."""
     llm = engine_tools.make_llm(checkpoint, plugin=False, limit_mm_per_prompt=_limits(arch))
@@ -175,7 +190,9 @@ def stock_outputs(
         h = Harness(arch, llm, tokenizer, tmp_path_factory.mktemp("unused"))
         reqs = reference_requests(h)
         outs = h.run(list(reqs.values()))
-        return {name: (summary(o), len(o.prompt_token_ids)) for name, o in zip(reqs, outs, strict=True)}
+        return {
+            name: (summary(o), len(o.prompt_token_ids)) for name, o in zip(reqs, outs, strict=True)
+        }
     finally:
         engine_tools.shutdown(llm)
 
@@ -190,7 +207,9 @@ def h(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:
     debug_dir = tmp_path_factory.mktemp(f"selections-{arch}")
-    llm = engine_tools.make_llm(checkpoint, plugin=True, debug_dir=debug_dir, limit_mm_per_prompt=_limits(arch))
+    llm = engine_tools.make_llm(
+        checkpoint, plugin=True, debug_dir=debug_dir, limit_mm_per_prompt=_limits(arch)
+    )
     try:
         yield Harness(arch, llm, tokenizer, debug_dir, engine_tools)
     finally:
@@ -214,7 +233,9 @@ def test_keep_ratio_one_matches_stock(h: Harness, stock_outputs: dict[str, Any])
     for name, out_default, out_explicit in zip(reqs, default, explicit, strict=True):
         (ref, ref_len) = stock_outputs[name]
         assert len(out_default.prompt_token_ids) == ref_len, name
-        assert summary(out_default) == ref, f"{h.arch}/{name}: default (keep all) differs from stock"
+        assert summary(out_default) == ref, (
+            f"{h.arch}/{name}: default (keep all) differs from stock"
+        )
         assert summary(out_explicit) == ref, f"{h.arch}/{name}: keep_ratio=1.0 differs from stock"
 
 
@@ -227,7 +248,10 @@ def test_prompt_tokens_follow_budget(h: Harness) -> None:
     base = len(h.run([make(keep_ratio=1.0)], max_tokens=1)[0].prompt_token_ids)
     n_v = n_visual_of(h, {}, base, make)
     assert n_v >= 4
-    cases = [{"keep_ratio": r} for r in (0.1, 0.25, 0.5, 0.75, 0.9)] + [{"keep_tokens": 3}, {"keep_tokens": 10_000}]
+    cases = [{"keep_ratio": r} for r in (0.1, 0.25, 0.5, 0.75, 0.9)] + [
+        {"keep_tokens": 3},
+        {"keep_tokens": 10_000},
+    ]
     outs = h.run([make(**kw) for kw in cases], max_tokens=1)
     for kw, out in zip(cases, outs, strict=True):
         expected = base - n_v + n_keep(n_v, **kw)
@@ -277,7 +301,10 @@ def test_every_method_keeps_the_budget(h: Harness) -> None:
     full = h.run([h.request("What is on the table?", images=[img])], max_tokens=1)[0]
     # ``none`` keeps every token and takes no budget (a budget with it is refused).
     budgets = {m: ({} if m == "none" else {"keep_ratio": 0.5}) for m in PRUNING_METHODS}
-    reqs = [h.request("What is on the table?", images=[img], pruning_method=m, **budgets[m]) for m in PRUNING_METHODS]
+    reqs = [
+        h.request("What is on the table?", images=[img], pruning_method=m, **budgets[m])
+        for m in PRUNING_METHODS
+    ]
     outs = dict(zip(PRUNING_METHODS, h.run(reqs, max_tokens=1), strict=True))
     records = {r["params"]["pruning_method"]: r for r in tail.new()}
     assert set(records) == set(PRUNING_METHODS) - {"none"}
@@ -293,7 +320,11 @@ def test_every_method_keeps_the_budget(h: Harness) -> None:
 
 def test_question_changes_selection_and_repeat_is_cached(h: Harness) -> None:
     img = image(IMAGE_SIZES[h.arch]["square"], seed=31)
-    questions = ["Is there a red car in the picture?", "Describe the sky.", "How many people are there?"]
+    questions = [
+        "Is there a red car in the picture?",
+        "Describe the sky.",
+        "How many people are there?",
+    ]
     tail = h.tail()
     for q in questions:
         h.run([h.request(q, images=[img], keep_ratio=0.25)], max_tokens=1)
@@ -308,7 +339,9 @@ def test_question_changes_selection_and_repeat_is_cached(h: Harness) -> None:
     # hybrid Qwen3.5): the repeat then reads the image's KV (and, for Qwen3.5, the recurrent
     # state after it) from the prefix cache and computes only the text after it.
     block = h.llm.llm_engine.vllm_config.cache_config.block_size
-    sentence = "What colour is the ball, and where is it in the picture relative to the dog and the tree? "
+    sentence = (
+        "What colour is the ball, and where is it in the picture relative to the dog and the tree? "
+    )
     long_question = sentence * (2 + block // 16)
     req = h.request(long_question, images=[img], keep_ratio=0.25, mi_lambda=0.5)
     first = h.run([req])[0]
@@ -335,17 +368,29 @@ def test_chat_takes_the_same_parameters_and_query(h: Harness) -> None:
     question = "Where is the red ball?"
     messages = [
         {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": question},
+            ],
+        },
     ]
     tail = h.tail()
     params = SamplingParams(max_tokens=1, temperature=0.0)
     full = h.llm.chat(messages, params, use_tqdm=False)[0]
-    pruned = h.llm.chat(messages, params, use_tqdm=False, mm_processor_kwargs={"keep_ratio": 0.25})[0]
+    pruned = h.llm.chat(messages, params, use_tqdm=False, mm_processor_kwargs={"keep_ratio": 0.25})[
+        0
+    ]
     generated = h.run([h.request(question, images=[img], keep_ratio=0.25)], max_tokens=1)[0]
     records = tail.new()
-    assert len(records) == 2  # the chat request and the generate request (another prompt, another hash)
+    assert (
+        len(records) == 2
+    )  # the chat request and the generate request (another prompt, another hash)
     n_v, n_fixed = records[0]["n_visual"], records[0]["n_fixed"]
-    assert len(pruned.prompt_token_ids) == len(full.prompt_token_ids) - n_v - n_fixed + len(records[0]["kept"])
+    assert len(pruned.prompt_token_ids) == len(full.prompt_token_ids) - n_v - n_fixed + len(
+        records[0]["kept"]
+    )
     assert len(records[0]["kept"]) == n_keep(n_v, keep_ratio=0.25) + n_fixed
     # The query is the question only: no system prompt, no template, identical to generate's.
     assert records[0]["text_ids"] == records[1]["text_ids"]
@@ -358,7 +403,9 @@ def test_two_images_in_one_request(h: Harness) -> None:
     sizes = IMAGE_SIZES[h.arch]
     imgs = [image(sizes["square"], seed=41), image(sizes["wide"], seed=42)]
     tail = h.tail()
-    base = len(h.run([h.request("Compare the two images.", images=imgs)], max_tokens=1)[0].prompt_token_ids)
+    base = len(
+        h.run([h.request("Compare the two images.", images=imgs)], max_tokens=1)[0].prompt_token_ids
+    )
     out = h.run([h.request("Compare the two images.", images=imgs, keep_ratio=0.5)])[0]
     records = tail.new()
     assert len(records) == 2
@@ -375,7 +422,10 @@ def test_video(h: Harness) -> None:
     tail = h.tail()
     vid = video(h.arch, frames=4, seed=51)
     base = len(h.run([h.request("What happens?", vid=vid)], max_tokens=1)[0].prompt_token_ids)
-    outs = [h.run([h.request("What happens?", vid=vid, **kw)])[0] for kw in ({"keep_ratio": 0.25}, {"keep_tokens": 5})]
+    outs = [
+        h.run([h.request("What happens?", vid=vid, **kw)])[0]
+        for kw in ({"keep_ratio": 0.25}, {"keep_tokens": 5})
+    ]
     records = tail.new()
     assert len(records) == 2 and {r["modality"] for r in records} == {"video"}
     n_v = records[0]["n_visual"]
@@ -386,7 +436,11 @@ def test_video(h: Harness) -> None:
     for record in records:
         kept = record["kept"]
         assert kept == sorted(kept) and len(set(kept)) == len(kept) and max(kept) < n_v
-        budget = {k: record["params"][k] for k in ("keep_ratio", "keep_tokens") if record["params"].get(k) is not None}
+        budget = {
+            k: record["params"][k]
+            for k in ("keep_ratio", "keep_tokens")
+            if record["params"].get(k) is not None
+        }
         assert len(kept) == n_keep(n_v, **budget)
         if h.arch in QWEN3_VISION:
             # Each frame follows its own timestamp, so each frame keeps its share of the budget.
@@ -460,7 +514,9 @@ def sentence_of(words: int) -> str:
         ({"keep_ration": 0.5}, "keep_ration"),  # a typo is refused, never handed to Hugging Face
     ],
 )
-def test_bad_parameter_is_rejected_and_engine_keeps_serving(h: Harness, kwargs: dict[str, Any], field: str) -> None:
+def test_bad_parameter_is_rejected_and_engine_keeps_serving(
+    h: Harness, kwargs: dict[str, Any], field: str
+) -> None:
     img = image(IMAGE_SIZES[h.arch]["square"], seed=61)
     with pytest.raises(ValueError, match=field):
         h.run([h.request(images=[img], **kwargs)], max_tokens=1)

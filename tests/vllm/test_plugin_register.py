@@ -57,7 +57,9 @@ def _inspect_params(signature) -> tuple[str, ...]:
         if p.kind is kinds.KEYWORD_ONLY and not any(x.startswith("*") for x in out):
             out.append("*")
         out.append({kinds.VAR_POSITIONAL: "*", kinds.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name)
-        if p.kind is kinds.POSITIONAL_ONLY and (i + 1 == len(values) or values[i + 1].kind is not kinds.POSITIONAL_ONLY):
+        if p.kind is kinds.POSITIONAL_ONLY and (
+            i + 1 == len(values) or values[i + 1].kind is not kinds.POSITIONAL_ONLY
+        ):
             out.append("/")
     return tuple(out)
 
@@ -95,7 +97,9 @@ def test_cpu_worker_class_resolves_by_name_and_arms() -> None:
 
 
 def test_launch_helpers(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2_5_VLForConditionalGeneration"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["Qwen2_5_VLForConditionalGeneration"]})
+    )
     assert engine_overrides(tmp_path, "cpu") == {
         "hf_overrides": {"architectures": ["MIPrunerQwen2_5_VLForConditionalGeneration"]},
         "worker_cls": CPU_WORKER_CLS,
@@ -108,9 +112,15 @@ def test_launch_helpers(tmp_path: Path) -> None:
     # No device given: vLLM's platform decides (this machine is a CPU one).
     assert engine_overrides(tmp_path) == engine_overrides(tmp_path, "cpu")
     args = server_cli_args(tmp_path, "cpu")
-    assert args[:3] == ["--hf-overrides", '{"architectures": ["MIPrunerQwen2_5_VLForConditionalGeneration"]}', "--trust-request-mm-kwargs"]
+    assert args[:3] == [
+        "--hf-overrides",
+        '{"architectures": ["MIPrunerQwen2_5_VLForConditionalGeneration"]}',
+        "--trust-request-mm-kwargs",
+    ]
     assert args[3:] == ["--worker-cls", CPU_WORKER_CLS]
-    assert pruning_architectures(["MIPrunerLlavaForConditionalGeneration"]) == ["MIPrunerLlavaForConditionalGeneration"]
+    assert pruning_architectures(["MIPrunerLlavaForConditionalGeneration"]) == [
+        "MIPrunerLlavaForConditionalGeneration"
+    ]
     with pytest.raises(ValueError, match="supported"):
         pruning_architectures(["GPT2LMHeadModel"])
 
@@ -139,7 +149,9 @@ def test_qwen3_5_classes_keep_the_hybrid_model_interfaces(stock: str, moe: bool)
     name = PRUNING_ARCHITECTURES[stock]
     cls = resolve_obj_by_qualname(MODEL_CLASSES[name].replace(":", "."))
     mro = cls.__mro__
-    assert mro.index(MIPrunerQwen3VLForConditionalGeneration) < mro.index(getattr(stock_module, stock))
+    assert mro.index(MIPrunerQwen3VLForConditionalGeneration) < mro.index(
+        getattr(stock_module, stock)
+    )
     assert is_hybrid(cls) and supports_mrope(cls) and supports_multimodal_pruning(cls)
     assert name in ModelRegistry.get_supported_archs()
     assert hasattr(cls, "set_moe_parameters") == moe

@@ -33,5 +33,7 @@ class MIPrunerQwen2_5_VLMultiModalProcessor(QwenProcessorMixin, Qwen2_5_VLMultiM
     info=MIPrunerQwen2_5_VLProcessingInfo,
     dummy_inputs=Qwen2_5_VLDummyInputsBuilder,
 )
-class MIPrunerQwen2_5_VLForConditionalGeneration(QwenModelMixin, Qwen2_5_VLForConditionalGeneration):
+class MIPrunerQwen2_5_VLForConditionalGeneration(
+    QwenModelMixin, Qwen2_5_VLForConditionalGeneration
+):
     pass

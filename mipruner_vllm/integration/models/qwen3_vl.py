@@ -92,7 +92,11 @@ class MIPrunerQwen3VLForConditionalGeneration(QwenModelMixin, Qwen3VLForConditio
             if key.startswith("image"):
                 embeds = self._process_image_input(value)
                 for emb, (t, h, w) in zip(embeds, value["image_grid_thw"].tolist(), strict=True):
-                    items.append(EncodedItem("image", emb, self.visual_dim, grid_positions(t, h // merge, w // merge)))
+                    items.append(
+                        EncodedItem(
+                            "image", emb, self.visual_dim, grid_positions(t, h // merge, w // merge)
+                        )
+                    )
             else:
                 embeds = self._process_video_input(value)
                 for emb, (t, h, w) in zip(embeds, value["video_grid_thw"].tolist(), strict=True):
