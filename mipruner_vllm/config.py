@@ -58,6 +58,17 @@ class MiprunerSettings(BaseSettings):
         description="If set, vLLM workers append one JSON line per pruned media item (kept indices, "
         "query token ids, parameters) to <debug_dir>/selections.jsonl; for tests and debugging only.",
     )
+    encoder_store_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Byte budget of each worker's store of unpruned encoder outputs, keyed by media "
+        "content, so a new question about a stored image skips the vision tower; LRU; 0 disables it.",
+    )
+    encoder_store_device: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="Where stored encoder outputs live: cpu (host memory, pinned on CUDA; the default) "
+        "or device (the model's accelerator, outside vLLM's memory profile).",
+    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -104,3 +104,57 @@ def record_request(model: str, outcome: RequestOutcome) -> None:
             pruned_methods.add(item.method)
     for method in sorted(pruned_methods):
         PRUNED_REQUESTS.labels(model=model, method=method).inc()
+
+
+# -- encoder-output store and failure isolation (worker side) ------------------------------------
+# Recorded by the first tensor-parallel rank only: every rank holds the same store and sees the
+# same hits, so counting on each rank would multiply them by the TP size.
+
+ENCODER_STORE_HITS = Counter(
+    "mipruner_encoder_store_hits",
+    "Media items whose unpruned encoder output came from the store (or from an identical item of "
+    "the same encoder batch): the vision tower did not run for them.",
+    ["modality"],
+)
+ENCODER_STORE_MISSES = Counter(
+    "mipruner_encoder_store_misses",
+    "Media items with a content key that the store did not hold: the vision tower ran for them.",
+    ["modality"],
+)
+ENCODER_STORE_EVICTIONS = Counter(
+    "mipruner_encoder_store_evictions",
+    "Entries dropped from the encoder-output store to stay under its byte budget (LRU).",
+)
+# "livesum": the bytes held by the live engines' stores (one tensor-parallel rank each).
+ENCODER_STORE_BYTES = Gauge(
+    "mipruner_encoder_store_bytes",
+    "Bytes of unpruned encoder outputs held in the store (one tensor-parallel rank).",
+    multiprocess_mode="livesum",
+)
+#: Reasons a worker-side selection fell back to the uniform-stride rule (a bounded label set).
+FALLBACK_REASONS = ("non_finite", "selection_error", "position_overflow", "layout")
+SELECTION_FALLBACKS = Counter(
+    "mipruner_selection_fallbacks",
+    "Media items whose selection fell back to the deterministic uniform-stride rule, by reason "
+    "(non_finite: NaN/inf embeddings; selection_error: the item could not be selected; "
+    "position_overflow: a kept position too large to carry; layout: unexpected row layout).",
+    ["reason"],
+)
+
+
+def observe_encoder_store(modality: str, hits: int, misses: int, evictions: int, nbytes: int) -> None:
+    """Record what one encoder batch did to the store (worker, first TP rank)."""
+    if hits:
+        ENCODER_STORE_HITS.labels(modality=modality).inc(hits)
+    if misses:
+        ENCODER_STORE_MISSES.labels(modality=modality).inc(misses)
+    if evictions:
+        ENCODER_STORE_EVICTIONS.inc(evictions)
+    ENCODER_STORE_BYTES.set(nbytes)
+
+
+def observe_fallback(reason: str) -> None:
+    """Count one media item that fell back to the uniform-stride rule."""
+    if reason not in FALLBACK_REASONS:
+        raise ValueError(f"unknown fallback reason {reason!r}; known: {', '.join(FALLBACK_REASONS)}")
+    SELECTION_FALLBACKS.labels(reason=reason).inc()

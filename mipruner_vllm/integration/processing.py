@@ -43,10 +43,13 @@ from vllm.multimodal.processing.processor import PromptReplacement, PromptUpdate
 
 from mipruner_vllm.errors import PruningParameterError
 from mipruner_vllm.integration.fields import (
+    CONTENT_KWARG,
     KEEP_ALL,
     PRUNING_KWARG,
     SELECTION_VERSION,
+    content_field,
     decode_params,
+    encode_content_key,
     encode_params,
     params_field,
     strip_pruning_kwargs,
@@ -105,11 +108,14 @@ class MIPrunerProcessorMixin:
 
     def apply(self, inputs: Any, timing_ctx: Any) -> Any:
         kwargs = dict(inputs.hf_processor_mm_kwargs)
-        if PRUNING_KWARG in kwargs:
-            raise PruningParameterError(PRUNING_KWARG, "is reserved for the mipruner plugin")
+        for reserved in (PRUNING_KWARG, CONTENT_KWARG):
+            if reserved in kwargs:
+                raise PruningParameterError(reserved, "is reserved for the mipruner plugin")
         # A misspelt pruning key (keep_ration) is an error here too, not a kwarg for Hugging Face.
         request, kwargs = split_pruning_fields(kwargs)
         params = KEEP_ALL if _profiling.get() else params_from_request(request)
+        # Stock vLLM's hashes (no pruning field is in ``kwargs`` yet): the content keys.
+        kwargs[CONTENT_KWARG] = self._mipruner_content(dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs))
         if params.prunes:
             counts = inputs.mm_data_items.get_all_counts()
             texts = query_token_ids(
@@ -127,15 +133,84 @@ class MIPrunerProcessorMixin:
         inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs)
         return super().apply(inputs, timing_ctx)  # type: ignore[misc]
 
+    def _mipruner_content(self, inputs: Any) -> dict[str, Any]:
+        """Stock vLLM's hash of every item, and the store key of each (``None``: never stored).
+
+        ``inputs`` carries no pruning field, so the hashes are exactly the ones stock vLLM gives
+        the items (media, every processor kwarg, per-modality overrides such as Qwen3-VL's
+        per-video kwargs). Not stored: memory-profiling dummies, and items named by a client's
+        ``multi_modal_uuids`` (a uuid is the client's word, not a content hash: sharing a stored
+        output by it would let one client's uuid read another's image).
+        """
+        stock = {m: list(h) for m, h in super()._get_mm_hashes(inputs).items()}  # type: ignore[misc]
+        uuids = inputs.mm_uuid_items or {}
+        store: dict[str, list[str | None]] = {}
+        for modality, hashes in stock.items():
+            given = list(uuids.get(modality) or [None] * len(hashes))
+            store[modality] = [
+                None if _profiling.get() or uuid is not None else h for h, uuid in zip(hashes, given, strict=True)
+            ]
+        return {"stock": stock, "store": store}
+
+    def _get_mm_hashes(self, inputs: Any) -> Any:
+        """Each item's identity for vLLM's caches: stock's hash, plus the item's own selection.
+
+        An item of a pruning request is hashed from its content hash, the request's parameters,
+        *its own* query token ids and the selection version. So the same image asked about in two
+        turns with two questions gives two identities (each selected for its own question), while
+        the hash never depends on the other items' questions. Unpruned requests keep stock hashes.
+        """
+        kwargs = inputs.hf_processor_mm_kwargs
+        content = kwargs.get(CONTENT_KWARG)
+        if content is None:  # not reached through apply(): stock hashes of the stripped kwargs
+            content = self._mipruner_content(
+                dataclasses.replace(inputs, hf_processor_mm_kwargs=strip_pruning_kwargs(kwargs))
+            )
+        stock = content["stock"]
+        spec = kwargs.get(PRUNING_KWARG)
+        if spec is None:
+            return stock
+        from vllm.multimodal.hasher import MultiModalHasher
+
+        algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm  # type: ignore[attr-defined]
+        out: dict[str, list[str]] = {}
+        for modality, hashes in stock.items():
+            texts = spec["text"].get(modality)
+            if texts is None:
+                out[modality] = list(hashes)
+                continue
+            out[modality] = [
+                MultiModalHasher.hash_kwargs(
+                    algorithm,
+                    mipruner_item={
+                        "content": h,
+                        "params": spec["params"],
+                        "text": texts[i],
+                        "version": spec["version"],
+                    },
+                )
+                for i, h in enumerate(hashes)
+            ]
+        return out
+
     def _get_cache_missing_processor_kwargs(self, inputs: Any, mm_is_cached: Mapping[str, Sequence[bool]]) -> Any:
-        # Only the items missing from the processor cache are re-processed: keep their texts.
-        # The spec is read from the request and re-attached at the top level, because some
-        # processors (Qwen3-VL) rebuild the kwargs here and may move flat keys into scopes.
+        # Only the items missing from the processor cache are re-processed: keep their texts and
+        # content keys. Both are read from the request and re-attached at the top level, because
+        # some processors (Qwen3-VL) rebuild the kwargs here and may move flat keys into scopes.
         spec = inputs.hf_processor_mm_kwargs.get(PRUNING_KWARG)
+        content = inputs.hf_processor_mm_kwargs.get(CONTENT_KWARG)
         kwargs = dict(super()._get_cache_missing_processor_kwargs(inputs, mm_is_cached))  # type: ignore[misc]
         for scope in ("images_kwargs", "videos_kwargs"):
-            if isinstance(kwargs.get(scope), Mapping) and PRUNING_KWARG in kwargs[scope]:
-                kwargs[scope] = {k: v for k, v in kwargs[scope].items() if k != PRUNING_KWARG}
+            if isinstance(kwargs.get(scope), Mapping):
+                kwargs[scope] = {k: v for k, v in kwargs[scope].items() if k not in (PRUNING_KWARG, CONTENT_KWARG)}
+        if content is not None:
+            kwargs[CONTENT_KWARG] = {
+                **content,
+                "store": {
+                    m: [key for key, cached in zip(keys, mm_is_cached.get(m, [False] * len(keys)), strict=True) if not cached]
+                    for m, keys in content["store"].items()
+                },
+            }
         if spec is None:
             kwargs.pop(PRUNING_KWARG, None)
             return kwargs
@@ -150,6 +225,7 @@ class MIPrunerProcessorMixin:
 
     def _apply_hf_processor_main(self, mm_items: Any, hf_kwargs: Mapping[str, object]) -> Any:
         spec = hf_kwargs.get(PRUNING_KWARG)
+        content = hf_kwargs.get(CONTENT_KWARG)
         processed = super()._apply_hf_processor_main(mm_items, strip_pruning_kwargs(hf_kwargs))  # type: ignore[misc]
         counts = mm_items.get_all_counts()
         if spec is not None:
@@ -166,6 +242,8 @@ class MIPrunerProcessorMixin:
                 texts = [torch.tensor(ids, dtype=torch.int64) for ids in spec["text"][modality]]  # type: ignore[index]
             processed[params_field(modality)] = torch.stack(vectors)
             processed[text_field(modality)] = texts
+            keys = content["store"].get(modality, [None] * n) if isinstance(content, Mapping) else [None] * n  # type: ignore[union-attr]
+            processed[content_field(modality)] = torch.stack([encode_content_key(k) for k in keys])
         return processed
 
     def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Mapping[str, object]) -> Mapping[str, MultiModalFieldConfig]:
@@ -175,6 +253,7 @@ class MIPrunerProcessorMixin:
         for modality in self.mipruner_modalities:
             config[params_field(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
             config[text_field(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+            config[content_field(modality)] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
         return config
 
     # -- placeholders --------------------------------------------------------------------------------

@@ -79,6 +79,10 @@ def _has_pixels(mm_items: Any) -> bool:
 
 
 class LlavaNextModelMixin(LlavaModelMixin):
+    def _mipruner_tiles(self, pixels: Any) -> int:
+        # (tiles, 3, H, W) per image: the base tile plus the anyres tiles, each a full tower pass.
+        return int(pixels.shape[0]) if getattr(pixels, "dim", lambda: 0)() == 4 else 1
+
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         image_input = self._parse_and_validate_image_input(**kwargs)  # type: ignore[attr-defined]
         if image_input is None:

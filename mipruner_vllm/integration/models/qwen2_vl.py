@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from vllm.model_executor.models.interfaces import SupportsMultiModalPruning
 from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLDummyInputsBuilder,
@@ -24,6 +25,7 @@ from vllm.model_executor.models.qwen2_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from mipruner_vllm.integration.models.common import (
+    BatchLayout,
     EncodedItem,
     MIPrunerModelMixin,
     mrope_positions_armed,
@@ -71,6 +73,26 @@ class QwenModelMixin(MIPrunerModelMixin):
         # Stock Qwen2.5-VL runs EVS on videos when video_pruning_rate > 0 (our GPU arming flag);
         # MI-Pruner replaces it, so a video is never pruned twice.
         self.is_multimodal_pruning_enabled = False
+
+    def _mipruner_layout(self, kwargs: dict[str, Any]) -> BatchLayout | None:
+        # Pixels of all items are concatenated along dim 0 (``t*h*w`` patch rows per item); an
+        # item's unpruned embedding count is its patch count over the merge area.
+        merge = self.config.vision_config.spatial_merge_size  # type: ignore[attr-defined]
+        present = [
+            (modality, pixels, grid)
+            for modality, pixels, grid in (
+                ("image", "pixel_values", "image_grid_thw"),
+                ("video", "pixel_values_videos", "video_grid_thw"),
+            )
+            if kwargs.get(pixels) is not None and kwargs.get(grid) is not None
+        ]
+        if len(present) != 1 or any(kwargs.get(k) is not None for k in ("image_embeds", "video_embeds")):
+            return None
+        modality, _, grid_key = present[0]
+        grid = kwargs[grid_key]
+        grid = torch.stack(list(grid)) if isinstance(grid, (list, tuple)) else grid
+        rows = [int(r) for r in grid.reshape(-1, 3).prod(-1).tolist()]
+        return BatchLayout(modality, [r // (merge * merge) for r in rows], rows)
 
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)  # type: ignore[attr-defined]
