@@ -69,6 +69,12 @@ class MiprunerSettings(BaseSettings):
         description="Where stored encoder outputs live: cpu (host memory, pinned on CUDA; the default) "
         "or device (the model's accelerator, outside vLLM's memory profile).",
     )
+    encoder_tower_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most unpruned visual tokens one vision-tower call may carry; unset: what vLLM's "
+        "encoder memory profile covered (the safe bound; a larger value can run out of memory).",
+    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,7 +2,8 @@
 """What vLLM needs to run a model with MI-Pruner: architecture names and launch flags.
 
 This module is what launchers (the project's server, benchmarks, tests) call. It imports neither
-vLLM nor torch, so it is safe in a process that has not decided to start an engine yet.
+vLLM nor torch at import time, so it is safe in a process that has not decided to start an engine
+yet; only :func:`platform_device` (the launch helpers' default device) asks vLLM's platform.
 
 Three things arm the plugin (see ``docs/plugin.md``):
 
@@ -92,14 +93,28 @@ def pruning_architectures(model: str | Path | Sequence[str]) -> list[str]:
     return out
 
 
-def engine_overrides(model: str | Path | Sequence[str], device: Device = "cpu") -> dict[str, Any]:
+def platform_device() -> Device:
+    """Where vLLM will run on this machine: ``"cpu"`` for its CPU platform, else ``"cuda"``.
+
+    Imports vLLM's platform detection (not the engine); the default of the launch helpers, so a
+    CUDA box never gets the CPU worker class unless asked for it.
+    """
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "cuda"
+
+
+def engine_overrides(model: str | Path | Sequence[str], device: Device | None = None) -> dict[str, Any]:
     """``EngineArgs`` / ``LLM(...)`` keyword arguments that enable MI-Pruner for ``model``.
 
     ``model`` is a checkpoint directory (its ``config.json`` names the architecture) or the
-    architecture name(s). ``device`` is where the engine runs: ``"cpu"`` adds the arming worker
-    class, ``"cuda"`` a positive ``video_pruning_rate`` (M-RoPE models only).
+    architecture name(s). ``device`` is where the engine runs (default: vLLM's platform here,
+    :func:`platform_device`): ``"cpu"`` adds the arming worker class, ``"cuda"`` a positive
+    ``video_pruning_rate`` (M-RoPE models only).
     """
     archs = pruning_architectures(model)
+    if device is None and any(a in MROPE_ARCHITECTURES for a in archs):
+        device = platform_device()
     kwargs: dict[str, Any] = {"hf_overrides": {"architectures": archs}}
     if any(a in MROPE_ARCHITECTURES for a in archs):
         if device == "cpu":
@@ -109,7 +124,7 @@ def engine_overrides(model: str | Path | Sequence[str], device: Device = "cpu") 
     return kwargs
 
 
-def server_cli_args(model: str | Path | Sequence[str], device: Device = "cpu") -> list[str]:
+def server_cli_args(model: str | Path | Sequence[str], device: Device | None = None) -> list[str]:
     """The same as :func:`engine_overrides`, as flags for ``vllm.entrypoints.openai.api_server``.
 
     Includes ``--trust-request-mm-kwargs`` so clients can send per-request pruning parameters in

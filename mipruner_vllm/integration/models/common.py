@@ -376,6 +376,9 @@ class MIPrunerModelMixin:
         charges the *pruned* count, so at a low keep ratio a batch can carry many more items
         than that; the model cuts such batches into calls within the profiled total.
         """
+        if self._mipruner_tower_limit is None and get_settings().encoder_tower_tokens is not None:
+            self._mipruner_tower_limit = int(get_settings().encoder_tower_tokens)  # type: ignore[arg-type]
+            logger.info("mipruner: tower calls bounded to %d unpruned tokens (setting)", self._mipruner_tower_limit)
         if self._mipruner_tower_limit is None:
             limit = 0
             try:
