@@ -3,15 +3,17 @@
 
 Names follow Prometheus' conventions (``mipruner_`` prefix, underscores, unit suffixes; no colons,
 which are reserved for recording rules). Labels are bounded: ``model`` (the served model name the
-request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``) and
-``backend`` (``torch`` / ``triton``); never request ids.
+request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``),
+``backend`` (``torch`` / ``triton``) and ``reason`` (one of :data:`FALLBACK_REASONS`); never
+request ids.
 
 Two kinds of process update them:
 
 * the API server (one or several), once per finished request, from the request's pruning outcome
   (:func:`record_request`): visual tokens in / kept / saved, pruned requests, keep-ratio;
 * vLLM's worker processes, where the selection runs (:func:`observe_selection`): selection latency
-  and the active backend.
+  and the backend that ran; the encoder-output store (:func:`observe_encoder_store`: hits,
+  misses, evictions, bytes held) and selection fallbacks (:func:`observe_fallback`).
 
 Worker values reach ``/metrics`` only through prometheus_client's multiprocess mode:
 ``PROMETHEUS_MULTIPROC_DIR`` must be set before any process imports prometheus_client, which the
@@ -155,6 +157,5 @@ def observe_encoder_store(modality: str, hits: int, misses: int, evictions: int,
 
 def observe_fallback(reason: str) -> None:
     """Count one media item that fell back to the uniform-stride rule."""
-    if reason not in FALLBACK_REASONS:
-        raise ValueError(f"unknown fallback reason {reason!r}; known: {', '.join(FALLBACK_REASONS)}")
-    SELECTION_FALLBACKS.labels(reason=reason).inc()
+    # Called on the path that must never raise: an unknown reason is counted as a selection error.
+    SELECTION_FALLBACKS.labels(reason=reason if reason in FALLBACK_REASONS else "selection_error").inc()

@@ -53,6 +53,7 @@ PRUNING_FLAGS: dict[str, tuple[str, type, str]] = {
     "--trim-stage1-ratio": ("trim_stage1_ratio", float, "Default TrimTokenator stage-1 ratio in (0, 1]."),
     "--pruning-seed": ("random_seed", int, "Default seed of the 'random' method."),
     "--pruning-backend": ("backend", str, "Selection backend: auto, torch or triton."),
+    "--encoder-store-bytes": ("encoder_store_bytes", int, "Byte budget of the store of unpruned encoder outputs (per worker; 0 disables it)."),
 }
 
 logger = logging.getLogger("vllm.mipruner.server")  # under "vllm." so vLLM's log handler formats it

@@ -209,3 +209,28 @@ def test_uniform_fallback_keeps_the_processor_budget() -> None:
     kept = uniform_fallback(24, 3, params)
     shares = params.n_keep_per_frame(3, 8)
     assert [int(((kept // 8) == f).sum()) for f in range(3)] == shares
+
+
+def test_store_budget_is_a_setting_and_a_server_flag(clean_settings: Any) -> None:
+    import argparse
+    import os
+
+    from pydantic import ValidationError
+
+    from mipruner_vllm.config import MiprunerSettings, get_settings
+    from mipruner_vllm.server.launcher import add_pruning_args, export_pruning_defaults
+
+    assert MiprunerSettings().encoder_store_bytes == 1 << 30 and MiprunerSettings().encoder_store_device == "cpu"
+    with pytest.raises(ValidationError, match="encoder_store_bytes"):
+        MiprunerSettings(encoder_store_bytes=-1)
+    parser = argparse.ArgumentParser()
+    add_pruning_args(parser)
+    try:
+        export_pruning_defaults(parser.parse_args(["--encoder-store-bytes", "4096"]))
+        assert os.environ["MIPRUNER_ENCODER_STORE_BYTES"] == "4096"
+        assert get_settings().encoder_store_bytes == 4096
+        with pytest.raises(ValueError, match="--encoder-store-bytes"):
+            export_pruning_defaults(parser.parse_args(["--encoder-store-bytes", "-5"]))
+    finally:
+        os.environ.pop("MIPRUNER_ENCODER_STORE_BYTES", None)
+        get_settings.cache_clear()
