@@ -12,14 +12,21 @@ mixins below wrap a stock vLLM processor so that, per request:
    value raises :class:`~mipruner_vllm.errors.PruningParameterError` (a ``ValueError``), which vLLM
    reports as a rejected request (HTTP 400 online); the engine is not affected. The fields never
    reach Hugging Face (:class:`MIPrunerInfoMixin` strips them from every processor lookup).
-2. When the request prunes, one key, :data:`~mipruner_vllm.integration.fields.PRUNING_KWARG`, is
-   put back into the kwargs: the normalised parameters (:func:`~mipruner_vllm.params.request_fields`),
-   the query token ids of every item (:mod:`~mipruner_vllm.integration.query`) and the selection
-   version. vLLM hashes the kwargs into each item's ``mm_hash``, which keys the processor cache,
-   the encoder cache and the prefix-cache blocks of the item (memo, 3), so no cache can serve one
-   prompt's selection to another. A request that does not prune adds nothing, so its hashes are
-   exactly stock vLLM's and unpruned requests share caches as before.
-3. Each item gets the per-item fields of :mod:`~mipruner_vllm.integration.fields`, and its
+2. Every item's stock hash (what vLLM would give it without the plugin: media plus every
+   non-pruning kwarg) is computed first and travels as
+   :data:`~mipruner_vllm.integration.fields.CONTENT_KWARG`; it becomes the item's content key
+   for the worker's store of unpruned encoder outputs (:mod:`~mipruner_vllm.integration.store`).
+   When the request prunes, :data:`~mipruner_vllm.integration.fields.PRUNING_KWARG` is put back
+   into the kwargs: the normalised parameters (:func:`~mipruner_vllm.params.request_fields`), the
+   query token ids of every item (:mod:`~mipruner_vllm.integration.query`) and the selection
+   version. Each item's ``mm_hash``, which keys the processor cache, the encoder cache and the
+   prefix-cache blocks of the item (memo, 3), is then its content hash plus the parameters, *its
+   own* query ids and the version (:meth:`MIPrunerProcessorMixin._get_mm_hashes`), so no cache can
+   serve one prompt's selection to another, and one image in two turns with two questions is two
+   items. A request that does not prune keeps stock vLLM's hashes, so unpruned requests share
+   caches as before.
+3. Each item gets the per-item fields of :mod:`~mipruner_vllm.integration.fields` (parameters,
+   query ids, content key), and its
    placeholder run is ``n_keep(N_V) + n_fixed`` tokens long, ``n_keep`` being THE budget rule
    (:meth:`~mipruner_vllm.params.PruningParams.n_keep`, DESIGN.md 2.4) and ``n_fixed`` the tokens a
    family always keeps (LLaVA-NeXT row newlines; 0 elsewhere).

@@ -1,26 +1,36 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Model side of the plugin (worker process): select each item's kept rows after the projector.
+"""Model side of the plugin (worker process): the encoder path and the per-item selection.
 
 :class:`MIPrunerModelMixin` wraps a stock model's ``embed_multimodal``. A family subclass encodes
-the batch exactly as stock vLLM does (vision tower + projector) and describes each item
-(:class:`EncodedItem`); the mixin then, for the whole encoder batch at once:
+a batch exactly as stock vLLM does (vision tower + projector) and describes each item
+(:class:`EncodedItem`), and says how to read a batch's items and sizes from its kwargs
+(:class:`BatchLayout`). The mixin, for one encoder batch:
 
-1. embeds every item's query tokens with the LLM's own *input* embedding table
+1. takes each item's unpruned output from the worker's store (:mod:`..store`, keyed by the
+   content hash the processor sent), from an identical item earlier in the batch, or from the
+   tower; the tower runs on the missing items only, in calls of at most the unpruned tokens
+   vLLM's memory profile covered (its scheduler charges the *pruned* counts, so a batch can hold
+   many more images than were profiled);
+2. embeds every item's query tokens with the LLM's own *input* embedding table
    (``get_language_model().embed_input_ids``; tensor-parallel safe), in one call;
-2. calls :func:`~mipruner_vllm.pruning.select.select_tokens_batch` once for all pruned items of
+3. calls :func:`~mipruner_vllm.pruning.select.select_tokens_batch` once for all pruned items of
    the batch (Triton kernels on CUDA, torch reference on CPU), scoring on the first
    ``score_dim`` columns (Qwen3-VL appends deepstack features after them); an item of several
    frames with fixed per-frame placeholder counts (Qwen3-VL video) is selected frame by frame in
-   that same call, each frame with its share of the item budget;
-3. keeps the selected rows plus the item's always-kept rows, in original order, so each item
+   that same call, each frame with its share of the item budget. An item that cannot be selected
+   (NaN/inf embeddings, any selection error) falls back to the uniform stride
+   (:func:`uniform_fallback`), logged and counted; nothing here raises for data reasons, because
+   an exception in ``embed_multimodal`` stops vLLM's engine;
+4. keeps the selected rows plus the item's always-kept rows, in original order, so each item
    returns exactly ``n_keep(N_V) + n_fixed`` rows, the count the processor gave it;
-4. for M-RoPE models whose runner is armed, appends the kept rows' (t, h, w) positions
+5. for M-RoPE models whose runner is armed, appends the kept rows' (t, h, w) positions
    (:mod:`mipruner_vllm.integration.mrope`) for ``recompute_mrope_positions`` to strip. Every item
    carries them once the runner is armed, unpruned ones included (pitfall 9).
 
 Items that do not prune are returned untouched, so keep_ratio = 1 is bit-identical to stock.
-Selection latency goes to ``mipruner_vllm.metrics.observe_selection``; with
-``MIPRUNER_DEBUG_DIR`` set, each pruned item is also appended to ``selections.jsonl`` there.
+Selection latency goes to ``mipruner_vllm.metrics.observe_selection``, store and fallback counts
+to the other worker metrics there; with ``MIPRUNER_DEBUG_DIR`` set, each pruned item is appended
+to ``selections.jsonl`` and each encoder batch to ``encoder.jsonl`` there.
 """
 
 from __future__ import annotations
