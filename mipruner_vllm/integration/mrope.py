@@ -40,6 +40,8 @@ _RADIX = 256
 #: holds it, it decodes to a negative position, and :func:`recompute_media_positions` then leaves
 #: the row at the provisional position ``get_mrope_input_positions`` gave it.
 KEEP_PROVISIONAL = -1.0
+#: Positions below this are carried exactly (two base-256 digits).
+POSITION_LIMIT = _RADIX * _RADIX
 
 
 def grid_positions(t: int, h: int, w: int, t_factor: float = 1.0) -> torch.Tensor:
@@ -54,9 +56,13 @@ def grid_positions(t: int, h: int, w: int, t_factor: float = 1.0) -> torch.Tenso
     return torch.from_numpy(grid.reshape(3, -1).T.astype(np.int64))
 
 
-def encode_positions(positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(n, 3)`` int positions -> ``(n, POSITION_COLUMNS)`` columns exact in ``dtype``."""
-    if positions.numel() and int(positions.max()) >= _RADIX * _RADIX:
+def encode_positions(positions: torch.Tensor, dtype: torch.dtype, *, check: bool = True) -> torch.Tensor:
+    """``(n, 3)`` int positions -> ``(n, POSITION_COLUMNS)`` columns exact in ``dtype``.
+
+    ``check=False`` skips the range check (a device-to-host read) for positions already known
+    to be below :data:`POSITION_LIMIT`.
+    """
+    if check and positions.numel() and int(positions.max()) >= POSITION_LIMIT:
         raise ValueError(f"media position {int(positions.max())} too large to carry (limit {_RADIX * _RADIX})")
     hi = torch.div(positions, _RADIX, rounding_mode="floor")
     lo = positions - hi * _RADIX

@@ -46,12 +46,20 @@ def item_nbytes(item: Any) -> int:
     return sum(getattr(item, name).numel() * getattr(item, name).element_size() for name in _tensor_fields(item))
 
 
-def _copy_to(item: T, device: torch.device | str | None, pin: bool) -> T:
-    """A copy of ``item`` whose tensors own their memory (never a view into a batch tensor)."""
+def _copy_to(item: T, devices: dict[str, torch.device] | torch.device | str | None, pin: bool) -> T:
+    """A copy of ``item`` whose tensors own their memory (never a view into a batch tensor).
+
+    ``devices``: one target for every tensor, one per field name, or ``None`` (stay put).
+    """
     updates: dict[str, torch.Tensor] = {}
     for name in _tensor_fields(item):
         tensor: torch.Tensor = getattr(item, name)
-        target = tensor.device if device is None else torch.device(device)
+        if devices is None:
+            target = tensor.device
+        elif isinstance(devices, dict):
+            target = devices.get(name, tensor.device)
+        else:
+            target = torch.device(devices)
         if pin and target.type == "cpu" and tensor.is_cuda:
             copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             # Ordered on the current stream: any later read of the copy (a hit's host-to-device
@@ -79,7 +87,8 @@ class EncoderStore:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.capacity_bytes = int(capacity_bytes)
         self.storage = storage
-        self._entries: OrderedDict[bytes, tuple[Any, int, Any]] = OrderedDict()
+        # key -> (stored item, bytes, tag, the device each tensor field came from)
+        self._entries: OrderedDict[bytes, tuple[Any, int, Any, dict[str, torch.device]]] = OrderedDict()
         self.bytes = 0
 
     @property
@@ -92,17 +101,21 @@ class EncoderStore:
     def __contains__(self, key: bytes) -> bool:
         return key in self._entries
 
-    def get(self, key: bytes, device: torch.device | str, tag: Any = None) -> Any | None:
-        """The stored item for ``key`` on ``device`` (a fresh copy), or ``None`` on a miss."""
+    def get(self, key: bytes, tag: Any = None) -> Any | None:
+        """A fresh copy of the item stored for ``key``, or ``None`` on a miss.
+
+        Each tensor comes back on the device it was produced on (embeddings on the model's
+        device, host-side bookkeeping such as positions on the host), as if just encoded.
+        """
         entry = self._entries.get(key)
         if entry is None:
             return None
-        item, _, stored_tag = entry
+        item, _, stored_tag, devices = entry
         if stored_tag != tag:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return _copy_to(item, device, pin=False)
+        return _copy_to(item, devices, pin=False)
 
     def put(self, key: bytes, item: Any, tag: Any = None) -> int:
         """Store a copy of ``item``; returns how many entries were evicted to make room."""
@@ -118,11 +131,12 @@ class EncoderStore:
             oldest = next(iter(self._entries))
             self._drop(oldest)
             evicted += 1
+        devices = {name: getattr(item, name).device for name in _tensor_fields(item)}
         if self.storage == "cpu":
             stored = _copy_to(item, "cpu", pin=torch.cuda.is_available())
         else:
             stored = _copy_to(item, None, pin=False)
-        self._entries[key] = (stored, nbytes, tag)
+        self._entries[key] = (stored, nbytes, tag, devices)
         self.bytes += nbytes
         return evicted
 
@@ -131,7 +145,7 @@ class EncoderStore:
         self.bytes = 0
 
     def _drop(self, key: bytes) -> None:
-        _, nbytes, _ = self._entries.pop(key)
+        _, nbytes, _, _ = self._entries.pop(key)
         self.bytes -= nbytes
 
 

@@ -103,17 +103,17 @@ def test_store_is_an_lru_under_a_byte_budget() -> None:
     store = EncoderStore(3 * size)
     evictions = [store.put(bytes([i]) * 32, EncodedItem("image", _embeds(i, 10), HIDDEN)) for i in range(3)]
     assert evictions == [0, 0, 0] and store.bytes == 3 * size
-    assert store.get(bytes([0]) * 32, "cpu") is not None  # 0 is now the most recent
+    assert store.get(bytes([0]) * 32) is not None  # 0 is now the most recent
     assert store.put(bytes([3]) * 32, item) == 1  # evicts 1, the least recently used
     assert bytes([1]) * 32 not in store and bytes([0]) * 32 in store
     assert store.bytes == 3 * size and len(store) == 3
     # A hit is a bit-identical copy that owns its memory.
-    hit = store.get(bytes([2]) * 32, "cpu")
+    hit = store.get(bytes([2]) * 32)
     assert torch.equal(hit.embeds, _embeds(2, 10))
     hit.embeds.zero_()
-    assert torch.equal(store.get(bytes([2]) * 32, "cpu").embeds, _embeds(2, 10))
+    assert torch.equal(store.get(bytes([2]) * 32).embeds, _embeds(2, 10))
     # Another expected size is a miss (row-count invariant), and the entry is dropped.
-    assert store.get(bytes([2]) * 32, "cpu", tag=11) is None and bytes([2]) * 32 not in store
+    assert store.get(bytes([2]) * 32, tag=11) is None and bytes([2]) * 32 not in store
     # Too large for the whole budget, or a disabled store: nothing is kept.
     assert store.put(b"x" * 32, EncodedItem("image", _embeds(0, 40), HIDDEN)) == 0 and b"x" * 32 not in store
     disabled = EncoderStore(0)

@@ -33,11 +33,12 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 #: 112x112 on the tiny Qwen2.5-VL: 8x8 patches merged 2x2, 16 visual tokens.
 SIDE = 112
 N_VISUAL = 16
-#: Both engines: one step holds two short image prompts, or one prompt of eight pruned images.
-ENGINE = {"max_num_batched_tokens": 64, "limit_mm_per_prompt": {"image": 8, "video": 1}}
+#: Both engines: one 128-token step holds several short image prompts, or one prompt of twelve
+#: images at keep_ratio 0.1; vLLM then profiles the tower with 128 // 16 = 8 images.
+ENGINE = {"max_num_batched_tokens": 128, "limit_mm_per_prompt": {"image": 12, "video": 1}}
 #: About four stored 16-token images (bf16 rows of 128 plus int64 positions: 4,480 bytes each).
 STORE_BYTES = 20_000
-MANY = 8  # images in the splitting request: 128 unpruned tokens, twice the profiled 64
+MANY = 12  # images in the splitting request: 192 unpruned tokens, more than the profiled 128
 
 
 def image(seed: int, side: int = SIDE) -> Any:
@@ -145,7 +146,7 @@ def reference(checkpoint: str, tokenizer: Any, engine_tools: Any, tmp_path_facto
         reqs = reference_requests(e)
         outs = {name: summary(e.run([req])[0]) for name, req in reqs.items()}
         batches = e.records("encoder.jsonl")
-        # The reference really ran the eight images in one tower call (unsplit) and stored nothing.
+        # The reference really ran the twelve images in one tower call (unsplit) and stored nothing.
         assert any(b["tower_calls"] == [MANY * N_VISUAL] for b in batches), batches
         assert all(b["store_entries"] == 0 for b in batches)
         return outs

@@ -56,7 +56,12 @@ from mipruner_vllm.integration.fields import (
     text_field,
     unbatch,
 )
-from mipruner_vllm.integration.mrope import KEEP_PROVISIONAL, POSITION_COLUMNS, encode_positions
+from mipruner_vllm.integration.mrope import (
+    KEEP_PROVISIONAL,
+    POSITION_COLUMNS,
+    POSITION_LIMIT,
+    encode_positions,
+)
 from mipruner_vllm.integration.store import EncoderStore
 from mipruner_vllm.metrics import observe_encoder_store, observe_fallback, observe_selection
 from mipruner_vllm.params import request_fields
@@ -341,12 +346,17 @@ class MIPrunerModelMixin:
         if param.device.type != "cuda" or get_settings().backend == "torch":
             return
         hidden = int(self.config.get_text_config().hidden_size)  # type: ignore[attr-defined]
+        # The embeddings' dtype (the model dtype), not a weight's (quantised weights are integers).
+        config = self._mipruner_vllm_config
+        dtype = config.model_config.dtype if config is not None else param.dtype
+        if not dtype.is_floating_point:
+            return
         started = time.perf_counter()
         try:
             g = torch.Generator(device="cpu").manual_seed(0)
-            visuals = [torch.randn(n, hidden, generator=g).to(param.device, param.dtype) for n in (8, 5)]
+            visuals = [torch.randn(n, hidden, generator=g).to(param.device, dtype) for n in (8, 5)]
             for n_text in (0, 3, 40):
-                texts = [torch.randn(n_text, hidden, generator=g).to(param.device, param.dtype) for _ in visuals]
+                texts = [torch.randn(n_text, hidden, generator=g).to(param.device, dtype) for _ in visuals]
                 for mi_lambda in (1.0, 0.5):
                     params = [KEEP_ALL.model_copy(update={"keep_ratio": 0.5, "method": "mi", "mi_lambda": mi_lambda})] * 2
                     select_tokens_batch(visuals, texts, params)
@@ -433,14 +443,13 @@ class MIPrunerModelMixin:
         copies: list[tuple[int, int]] = []
         todo: list[int] = []
         hits = misses = 0
-        device = self._mipruner_device()
         for i, key in enumerate(keys):
             if key is not None:
                 if key in first_of:  # same content earlier in this batch: one tower run for both
                     copies.append((i, first_of[key]))
                     hits += 1
                     continue
-                stored = store.get(key, device, tag=layout.costs[i])
+                stored = store.get(key, tag=layout.costs[i])
                 if stored is not None:
                     results[i] = stored
                     first_of[key] = i
@@ -483,12 +492,6 @@ class MIPrunerModelMixin:
                 },
             )
         return results  # type: ignore[return-value]
-
-    def _mipruner_device(self) -> torch.device:
-        try:
-            return next(self.parameters()).device  # type: ignore[attr-defined]
-        except (StopIteration, AttributeError):
-            return torch.device("cpu")
 
     # -- selection -------------------------------------------------------------------------------
 
@@ -574,27 +577,35 @@ class MIPrunerModelMixin:
         for k, item in enumerate(items):
             emb = item.embeds if k not in kept else item.embeds.index_select(0, kept[k])
             if self.mipruner_positions_armed and item.positions is not None:
-                pos = item.positions if k not in kept else item.positions[kept[k].cpu()]
-                emb = torch.cat([emb, self._mipruner_position_columns(pos, emb, item)], dim=1)
+                emb = torch.cat([emb, self._mipruner_position_columns(item, kept.get(k), emb)], dim=1)
             out.append(emb)
         return out
 
     @staticmethod
-    def _mipruner_position_columns(positions: torch.Tensor, emb: torch.Tensor, item: EncodedItem) -> torch.Tensor:
-        """The rows' position columns on the embeddings' device; never raises.
+    def _mipruner_position_columns(item: EncodedItem, kept: torch.Tensor | None, emb: torch.Tensor) -> torch.Tensor:
+        """The kept rows' position columns on the embeddings' device; never raises, never syncs.
 
-        A position too large to carry exactly (>= 65,536) is sent as the "keep provisional"
-        marker instead (:data:`~mipruner_vllm.integration.mrope.KEEP_PROVISIONAL`): the rows then
-        keep the positions ``get_mrope_input_positions`` gave them, and the item is counted.
+        The item's positions live on the host; the range check runs there on all of them (the
+        kept ones are a subset), then they are copied to the device (pinned, non-blocking) and
+        indexed there by the kept indices, so no kept index is read back to the host. An item
+        with a position too large to carry exactly (>= 65,536) sends the "keep provisional"
+        marker (:data:`~mipruner_vllm.integration.mrope.KEEP_PROVISIONAL`) instead: its rows keep
+        the positions ``get_mrope_input_positions`` gave them, and the item is counted.
         """
-        try:
-            columns = encode_positions(positions, emb.dtype)
-        except ValueError as exc:
-            _warn_fallback("position_overflow", str(exc), int(positions.shape[0]))
-            columns = torch.full((positions.shape[0], POSITION_COLUMNS), KEEP_PROVISIONAL, dtype=emb.dtype)
+        positions = item.positions.cpu()  # type: ignore[union-attr]
+        n_out = emb.shape[0]
+        if positions.numel() and int(positions.max()) >= POSITION_LIMIT:
+            _warn_fallback(
+                "position_overflow", f"media position {int(positions.max())} >= {POSITION_LIMIT}", n_out
+            )
+            return torch.full((n_out, POSITION_COLUMNS), KEEP_PROVISIONAL, dtype=emb.dtype, device=emb.device)
         if emb.is_cuda:
-            return columns.pin_memory().to(emb.device, non_blocking=True)
-        return columns.to(emb.device)
+            positions = positions.pin_memory().to(emb.device, non_blocking=True)
+        else:
+            positions = positions.to(emb.device)
+        if kept is not None:
+            positions = positions.index_select(0, kept.to(positions.device))
+        return encode_positions(positions, emb.dtype, check=False)
 
     def _mipruner_select_isolated(
         self, frames: list[int], visuals: list[torch.Tensor], texts: list[torch.Tensor], params: list[Any]
