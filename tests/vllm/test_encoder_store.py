@@ -8,8 +8,8 @@ every check:
 * a follow-up question about a stored image (or video) skips the tower, and its logprobs equal
   the same request's on the fresh reference engine;
 * other media, and other resize settings, never share an entry; a tiny budget evicts (LRU);
-* the same image in one encoder batch with two questions runs the tower once and is selected
-  twice, for two requests and for two turns of one request (each item for its own question);
+* the same image with two questions runs the tower once and is selected twice: two turns of one
+  request in one encoder batch (each item for its own question), and two requests sent together;
 * many images at keep_ratio 0.1 in one encoder batch: every tower call stays within what vLLM's
   memory profile covered, and the outputs equal the reference engine's unsplit ones.
 
@@ -239,12 +239,17 @@ def test_tiny_budget_evicts_least_recently_used(e: Engine) -> None:
     assert _hits(again) == 0 and _tower_tokens(again) == N_VISUAL
 
 
-def test_same_image_in_one_batch_runs_the_tower_once_with_two_selections(e: Engine) -> None:
+def test_same_image_in_two_requests_runs_the_tower_once_with_two_selections(e: Engine) -> None:
     tail = Tail(e)
     questions = ("Where is the dog?", "What colour is the sky?")
     outs = e.run([e.ask(q, [image(501)], keep_ratio=0.25) for q in questions])
     batches = tail.new("encoder.jsonl")
-    assert [(b["items"], b["hits"], b["misses"], b["tower_calls"]) for b in batches] == [(2, 1, 1, [N_VISUAL])]
+    # Whether vLLM schedules both prefills in one step depends on when its engine process picks
+    # up the second request: in one encoder batch the second item is a copy of the first, in
+    # the next batch it is a store hit. Either way the tower runs once (the in-batch case is
+    # pinned by the two-turn test below, where both items are in one prompt and one step).
+    assert sum(b["items"] for b in batches) == 2 and _hits(batches) == 1
+    assert _tower_tokens(batches) == N_VISUAL
     selections = tail.new("selections.jsonl")
     assert len(selections) == 2
     assert {tuple(s["text_ids"]) for s in selections} == {
@@ -257,7 +262,8 @@ def test_same_image_in_two_turns_is_selected_for_each_turns_question(e: Engine, 
     tail = Tail(e)
     out = e.run([e.request([(TURNS[0], 1), (TURNS[1], 1)], [image(301), image(301)], keep_ratio=0.25)])[0]
     batches = tail.new("encoder.jsonl")
-    assert _tower_tokens(batches) == N_VISUAL and _hits(batches) == 1  # one tower run for both
+    # Both items in one encoder batch (one prompt, one step): the tower runs once for both.
+    assert [(b["items"], b["hits"], b["misses"], b["tower_calls"]) for b in batches] == [(2, 1, 1, [N_VISUAL])]
     selections = tail.new("selections.jsonl")
     assert [s["text_ids"] for s in selections] == [e.tokenizer.encode(q, add_special_tokens=False) for q in TURNS]
     assert summary(out) == reference["turns"]
