@@ -234,3 +234,33 @@ def test_store_budget_is_a_setting_and_a_server_flag(clean_settings: Any) -> Non
     finally:
         os.environ.pop("MIPRUNER_ENCODER_STORE_BYTES", None)
         get_settings.cache_clear()
+
+
+def test_positions_that_cannot_be_carried_keep_their_provisional_values() -> None:
+    from mipruner_vllm.integration.mrope import (
+        KEEP_PROVISIONAL,
+        POSITION_COLUMNS,
+        POSITION_LIMIT,
+        encode_positions,
+        recompute_media_positions,
+    )
+
+    media = 9
+    ids = [1, 2, media, media, media, 3, media, media, 4]
+    provisional = torch.arange(len(ids)).repeat(3, 1) * 10
+    rows = [torch.zeros(3, 4), torch.zeros(2, 4)]
+    ok = torch.cat([rows[0], encode_positions(torch.tensor([[0, 0, 1], [0, 1, 0], [0, 1, 1]]), torch.float32)], 1)
+    marked = torch.cat([rows[1], torch.full((2, POSITION_COLUMNS), KEEP_PROVISIONAL)], 1)
+    stripped, positions, _ = recompute_media_positions(ids, [ok, marked], provisional, 0, [media])
+    assert [s.shape for s in stripped] == [(3, 4), (2, 4)]
+    base = int(provisional[0, 1]) + 1  # one past the text token before the first run
+    assert positions[:, 2:5].T.tolist() == [[base, base, base + 1], [base, base + 1, base], [base, base + 1, base + 1]]
+    assert torch.equal(positions[:, 6:8], provisional[:, 6:8])  # marked rows: untouched
+    assert torch.equal(positions[:, [0, 1, 5, 8]], provisional[:, [0, 1, 5, 8]])  # text: untouched
+
+    # The model side sends the marker (and counts the item) instead of raising.
+    item = EncodedItem("image", _embeds(0, 4), HIDDEN, positions=torch.tensor([[0, 0, 0], [0, 0, POSITION_LIMIT]] * 2))
+    before = _counter(SELECTION_FALLBACKS, reason="position_overflow")
+    columns = MIPrunerModelMixin._mipruner_position_columns(item, torch.tensor([1, 3]), item.embeds[:2])
+    assert torch.equal(columns, torch.full((2, POSITION_COLUMNS), KEEP_PROVISIONAL))
+    assert _counter(SELECTION_FALLBACKS, reason="position_overflow") == before + 1
