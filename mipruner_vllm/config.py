@@ -101,42 +101,86 @@ class Parameter:
 #: THE declaration of the pruning parameters (paper equation numbers in the descriptions).
 PRUNING_PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
-        "keep_ratio", float, 1.0, request="keep_ratio", gt=0.0, le=1.0,
+        "keep_ratio",
+        float,
+        1.0,
+        request="keep_ratio",
+        gt=0.0,
+        le=1.0,
         description="Fraction of each media item's visual tokens to keep: the item keeps "
         "clamp(ceil(keep_ratio * N_V), 1, N_V) tokens; 1.0 keeps all (no pruning). Exclusive with keep_tokens.",
     ),
     Parameter(
-        "keep_tokens", int, None, request="keep_tokens", ge=1, le=KEEP_TOKENS_MAX, optional=True,
+        "keep_tokens",
+        int,
+        None,
+        request="keep_tokens",
+        ge=1,
+        le=KEEP_TOKENS_MAX,
+        optional=True,
         description="Absolute budget per media item: keeps min(keep_tokens, N_V) tokens; when set it "
         "replaces keep_ratio. Exclusive with keep_ratio.",
     ),
     Parameter(
-        "method", str, "mi", request="pruning_method", choices=PRUNING_METHODS,
+        "method",
+        str,
+        "mi",
+        request="pruning_method",
+        choices=PRUNING_METHODS,
         description="Selection method ('none' keeps every token).",
     ),
     Parameter(
-        "mi_lambda", float, 1.0, request="mi_lambda", ge=0.0, le=1.0,
+        "mi_lambda",
+        float,
+        1.0,
+        request="mi_lambda",
+        ge=0.0,
+        le=1.0,
         description="MI-Pruner relevance/redundancy balance, Eq. (22); 1.0 = one-pass top-k by "
         "cross-modal PMI, < 1 adds the greedy redundancy penalty.",
     ),
     Parameter(
-        "mi_tau", float, 0.1, request="mi_tau", ge=1e-3, le=1e3,
+        "mi_tau",
+        float,
+        0.1,
+        request="mi_tau",
+        ge=1e-3,
+        le=1e3,
         description="MI-Pruner temperature tau, Eq. (15) (paper Table 5).",
     ),
     Parameter(
-        "aggregation", str, "max", request="mi_aggregation", choices=AGGREGATIONS,
+        "aggregation",
+        str,
+        "max",
+        request="mi_aggregation",
+        choices=AGGREGATIONS,
         description="PMI aggregation: max (Eqs. 19-20) or mean (Eq. 21).",
     ),
     Parameter(
-        "normalization", str, "softmax", request="mi_normalization", choices=NORMALIZATIONS,
+        "normalization",
+        str,
+        "softmax",
+        request="mi_normalization",
+        choices=NORMALIZATIONS,
         description="Conditional distribution: softmax (Eq. 16) or minmax (App. B.2, Eqs. 52-53).",
     ),
     Parameter(
-        "trim_stage1_ratio", float, 0.8, request="trim_stage1_ratio", gt=0.0, le=1.0,
+        "trim_stage1_ratio",
+        float,
+        0.8,
+        request="trim_stage1_ratio",
+        gt=0.0,
+        le=1.0,
         description="TrimTokenator stage-1 (L2 alignment) keep ratio N_1 / N_V.",
     ),
     Parameter(
-        "seed", int, 0, request="pruning_seed", ge=0, le=SEED_MAX, deprecated_names=("random_seed",),
+        "seed",
+        int,
+        0,
+        request="pruning_seed",
+        ge=0,
+        le=SEED_MAX,
+        deprecated_names=("random_seed",),
         description="Seed of the 'random' method (the same seed gives the same selection).",
     ),
 )
@@ -163,13 +207,33 @@ class MiprunerSettings(_PruningDefaults):
     model_config = SettingsConfigDict(env_prefix="MIPRUNER_", frozen=True, extra="ignore")
 
     backend: Backend = Field(
-        "auto", description="Selection backend: auto (Triton on CUDA tensors, torch otherwise), torch or triton."
+        "auto",
+        description="Selection backend: auto (Triton on CUDA tensors, torch otherwise), torch or triton.",
     )
-    skip_version_check: bool = Field(False, description="Load the vLLM plugin outside the supported vLLM range.")
+    skip_version_check: bool = Field(
+        False, description="Load the vLLM plugin outside the supported vLLM range."
+    )
     debug_dir: str | None = Field(
         None,
         description="If set, vLLM workers append one JSON line per pruned media item (kept indices, "
         "query token ids, parameters) to <debug_dir>/selections.jsonl; for tests and debugging only.",
+    )
+    encoder_store_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Byte budget of each worker's store of unpruned encoder outputs, keyed by media "
+        "content, so a new question about a stored image skips the vision tower; LRU; 0 disables it.",
+    )
+    encoder_store_device: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="Where stored encoder outputs live: cpu (host memory, pinned on CUDA; the default) "
+        "or device (the model's accelerator, outside vLLM's memory profile).",
+    )
+    encoder_tower_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most unpruned visual tokens one vision-tower call may carry; unset: what vLLM's "
+        "encoder memory profile covered (the safe bound; a larger value can run out of memory).",
     )
 
     # -- request policy of the server (docs/security.md) ---------------------------------------
@@ -204,7 +268,11 @@ class MiprunerSettings(_PruningDefaults):
             for old in p.deprecated_names:
                 if old in data:  # a keyword argument: it beats the environment, like any other
                     data[p.name] = data.pop(old)
-                elif p.name not in data and f"MIPRUNER_{old.upper()}" in environ and p.env not in environ:
+                elif (
+                    p.name not in data
+                    and f"MIPRUNER_{old.upper()}" in environ
+                    and p.env not in environ
+                ):
                     logger.warning("MIPRUNER_%s is deprecated; use %s", old.upper(), p.env)
                     data[p.name] = environ[f"MIPRUNER_{old.upper()}"]
         return data

@@ -3,16 +3,17 @@
 
 Names follow Prometheus' conventions (``mipruner_`` prefix, underscores, unit suffixes; no colons,
 which are reserved for recording rules). Labels are bounded: ``model`` (the served model name the
-request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``) and
-``backend`` (what ran: ``torch`` / ``triton``, ``mixed`` / ``none`` for a batch, ``none`` for an item that
-needed no scores); never request ids.
+request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``),
+``backend`` (what ran: ``torch`` / ``triton``, ``mixed`` / ``none`` for a batch, ``none`` for an
+item that needed no scores) and ``reason`` (one of :data:`FALLBACK_REASONS`); never request ids.
 
 Two kinds of process update them:
 
 * the API server (one or several), once per finished request, from the request's pruning outcome
   (:func:`record_request`): visual tokens in / kept / saved, pruned requests, keep-ratio;
 * vLLM's worker processes, where the selection runs (:func:`observe_selection`): selection latency
-  and the active backend.
+  and the backend that ran; the encoder-output store (:func:`observe_encoder_store`: hits,
+  misses, evictions, bytes held) and selection fallbacks (:func:`observe_fallback`).
 
 Worker values reach ``/metrics`` only through prometheus_client's multiprocess mode:
 ``PROMETHEUS_MULTIPROC_DIR`` must be set before any process imports prometheus_client, which the
@@ -36,7 +37,22 @@ if TYPE_CHECKING:  # pragma: no cover
 KEEP_RATIO_BUCKETS = (0.05, 0.1, 0.125, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
 #: Selection latency buckets, per encoder batch: ~50 us (small item, Triton) to seconds (CPU, video).
 SELECTION_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 VISUAL_TOKENS = Counter(
@@ -114,3 +130,60 @@ def record_request(model: str, outcome: RequestOutcome) -> None:
             pruned_methods.add(item.method)
     for method in sorted(pruned_methods):
         PRUNED_REQUESTS.labels(model=model, method=method).inc()
+
+
+# -- encoder-output store and failure isolation (worker side) ------------------------------------
+# Recorded by the first tensor-parallel rank only: every rank holds the same store and sees the
+# same hits, so counting on each rank would multiply them by the TP size.
+
+ENCODER_STORE_HITS = Counter(
+    "mipruner_encoder_store_hits",
+    "Media items whose unpruned encoder output came from the store (or from an identical item of "
+    "the same encoder batch): the vision tower did not run for them.",
+    ["modality"],
+)
+ENCODER_STORE_MISSES = Counter(
+    "mipruner_encoder_store_misses",
+    "Media items with a content key that the store did not hold: the vision tower ran for them.",
+    ["modality"],
+)
+ENCODER_STORE_EVICTIONS = Counter(
+    "mipruner_encoder_store_evictions",
+    "Entries dropped from the encoder-output store to stay under its byte budget (LRU).",
+)
+# "livesum": the bytes held by the live engines' stores (one tensor-parallel rank each).
+ENCODER_STORE_BYTES = Gauge(
+    "mipruner_encoder_store_bytes",
+    "Bytes of unpruned encoder outputs held in the store (one tensor-parallel rank).",
+    multiprocess_mode="livesum",
+)
+#: Reasons a worker-side selection fell back to the uniform-stride rule (a bounded label set).
+FALLBACK_REASONS = ("non_finite", "selection_error", "position_overflow", "layout")
+SELECTION_FALLBACKS = Counter(
+    "mipruner_selection_fallbacks",
+    "Media items whose selection fell back to the deterministic uniform-stride rule, by reason "
+    "(non_finite: NaN/inf embeddings; selection_error: the item could not be selected; "
+    "position_overflow: a kept position too large to carry; layout: unexpected row layout).",
+    ["reason"],
+)
+
+
+def observe_encoder_store(
+    modality: str, hits: int, misses: int, evictions: int, nbytes: int
+) -> None:
+    """Record what one encoder batch did to the store (worker, first TP rank)."""
+    if hits:
+        ENCODER_STORE_HITS.labels(modality=modality).inc(hits)
+    if misses:
+        ENCODER_STORE_MISSES.labels(modality=modality).inc(misses)
+    if evictions:
+        ENCODER_STORE_EVICTIONS.inc(evictions)
+    ENCODER_STORE_BYTES.set(nbytes)
+
+
+def observe_fallback(reason: str) -> None:
+    """Count one media item that fell back to the uniform-stride rule."""
+    # Called on the path that must never raise: an unknown reason is counted as a selection error.
+    SELECTION_FALLBACKS.labels(
+        reason=reason if reason in FALLBACK_REASONS else "selection_error"
+    ).inc()

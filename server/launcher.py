@@ -55,17 +55,25 @@ REAL_MODEL_HINT = "mipruner-vllm serve --model Qwen/Qwen2.5-VL-7B-Instruct"
 SERVER_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--pruning-backend": ("backend", str, "Selection backend: auto, torch or triton."),
     "--allowed-media-io-kwargs": (
-        "allowed_media_io_kwargs", "list",
+        "allowed_media_io_kwargs",
+        "list",
         "Comma-separated client media_io_kwargs keys to accept, as modality.key (video.num_frames). "
         "Default: none (every client media_io_kwargs key is refused).",
     ),
     "--trust-media-uuids": (
-        "trust_media_uuids", bool,
+        "trust_media_uuids",
+        bool,
         "Accept client media uuids as cache keys (off: a request carrying one gets a 400; see docs/security.md).",
     ),
     "--allow-private-media-urls": (
-        "allow_private_media_urls", bool,
+        "allow_private_media_urls",
+        bool,
         "Let the server fetch media URLs on loopback, link-local and private addresses (off by default).",
+    ),
+    "--encoder-store-bytes": (
+        "encoder_store_bytes",
+        int,
+        "Byte budget of the store of unpruned encoder outputs (per worker; 0 disables it).",
     ),
 }
 
@@ -75,7 +83,8 @@ def pruning_flags() -> dict[str, tuple[str, Any, str]]:
     from mipruner_vllm.config import PRUNING_PARAMETERS
 
     flags: dict[str, tuple[str, Any, str]] = {
-        p.flag: (p.name, p.kind, f"Default {p.request}: {p.allowed}. {p.description}") for p in PRUNING_PARAMETERS
+        p.flag: (p.name, p.kind, f"Default {p.request}: {p.allowed}. {p.description}")
+        for p in PRUNING_PARAMETERS
     }
     return {**flags, **SERVER_FLAGS}
 
@@ -119,8 +128,9 @@ def set_cpu_defaults() -> None:
 
 def add_pruning_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "MI-Pruner", "Server-wide pruning defaults (requests override them per call; also MIPRUNER_* env vars) "
-        "and the request policy of a shared endpoint (docs/security.md)."
+        "MI-Pruner",
+        "Server-wide pruning defaults (requests override them per call; also MIPRUNER_* env vars) "
+        "and the request policy of a shared endpoint (docs/security.md).",
     )
     from mipruner_vllm.config import MiprunerSettings
 
@@ -130,13 +140,27 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> None:
         env = f"MIPRUNER_{field.upper()}"
         # SUPPRESS: absent flags leave the environment / settings default in force.
         if kind is bool:
-            group.add_argument(flag, dest=f"mipruner_{field}", action="store_const", const=True,
-                               default=argparse.SUPPRESS, help=f"{help_text} [env {env}]")
+            group.add_argument(
+                flag,
+                dest=f"mipruner_{field}",
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} [env {env}]",
+            )
             continue
-        convert = (lambda text: [item.strip() for item in text.split(",") if item.strip()]) if kind == "list" else kind
+        convert = (
+            (lambda text: [item.strip() for item in text.split(",") if item.strip()])
+            if kind == "list"
+            else kind
+        )
         group.add_argument(
-            flag, dest=f"mipruner_{field}", type=convert, metavar=field.split("_")[-1].upper(),
-            default=argparse.SUPPRESS, help=f"{help_text} [env {env}; default {default}]",
+            flag,
+            dest=f"mipruner_{field}",
+            type=convert,
+            metavar=field.split("_")[-1].upper(),
+            default=argparse.SUPPRESS,
+            help=f"{help_text} [env {env}; default {default}]",
         )
 
 
@@ -149,7 +173,9 @@ def export_pruning_defaults(args: argparse.Namespace) -> dict[str, Any]:
 
     from mipruner_vllm.config import PARAMETERS_BY_NAME, MiprunerSettings, get_settings
 
-    given = {field: getattr(args, f"mipruner_{field}", None) for field, _, _ in PRUNING_FLAGS.values()}
+    given = {
+        field: getattr(args, f"mipruner_{field}", None) for field, _, _ in PRUNING_FLAGS.values()
+    }
     given = {k: v for k, v in given.items() if v is not None}
     flag_of = {field: flag for flag, (field, _, _) in PRUNING_FLAGS.items()}
     if "keep_ratio" in given and "keep_tokens" in given:
@@ -161,9 +187,13 @@ def export_pruning_defaults(args: argparse.Namespace) -> dict[str, Any]:
         field = str(error["loc"][0]) if error["loc"] else "?"
         parameter = PARAMETERS_BY_NAME.get(field)
         reason = f"must be {parameter.allowed}" if parameter else error["msg"]
-        raise ValueError(f"{flag_of.get(field, field)}: {reason}, got {error.get('input')!r}") from None
+        raise ValueError(
+            f"{flag_of.get(field, field)}: {reason}, got {error.get('input')!r}"
+        ) from None
     for field, value in given.items():
-        os.environ[f"MIPRUNER_{field.upper()}"] = json.dumps(value) if isinstance(value, list | bool) else str(value)
+        os.environ[f"MIPRUNER_{field.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | bool) else str(value)
+        )
     if "keep_tokens" in given:
         os.environ.pop("MIPRUNER_KEEP_RATIO", None)
     elif "keep_ratio" in given:
@@ -189,7 +219,9 @@ def check_pruning_flags(argv: list[str]) -> None:
 def model_given(argv: list[str], args: argparse.Namespace) -> bool:
     if getattr(args, "model_tag", None):
         return True
-    return any(a == "--model" or a.startswith("--model=") for a in argv) or bool(getattr(args, "config", None))
+    return any(a == "--model" or a.startswith("--model=") for a in argv) or bool(
+        getattr(args, "config", None)
+    )
 
 
 _COMPILE_FLAGS = ("--enforce-eager", "--no-enforce-eager", "-O", "--compilation-config", "-cc")
@@ -210,7 +242,11 @@ def use_demo_model(args: argparse.Namespace, argv: list[str]) -> None:
         "No --model given: serving the embedded demo checkpoint '%s' (%s, %s, random weights, built "
         "locally at %s). Its answers are meaningless; it exists so the endpoint, pruning and metrics "
         "work offline. Serve a real model with: %s",
-        args.served_model_name[0], DEMO_ARCH, DEMO_SIZE, path, REAL_MODEL_HINT,
+        args.served_model_name[0],
+        DEMO_ARCH,
+        DEMO_SIZE,
+        path,
+        REAL_MODEL_HINT,
     )
 
 
@@ -254,7 +290,8 @@ def apply_plugin_flags(args: argparse.Namespace, on_cpu: bool) -> bool:
         logger.warning(
             "Architecture %s has no pruning support (supported: %s): serving it unpruned; "
             "requests with pruning fields get HTTP 400.",
-            arch, ", ".join(sorted(PRUNING_ARCHITECTURES)),
+            arch,
+            ", ".join(sorted(PRUNING_ARCHITECTURES)),
         )
         return False
     overrides = engine_overrides([arch], device="cpu" if on_cpu else "cuda")
@@ -264,12 +301,21 @@ def apply_plugin_flags(args: argparse.Namespace, on_cpu: bool) -> bool:
             merged = dict(args.hf_overrides) if isinstance(args.hf_overrides, dict) else {}
             merged.update(value)
             args.hf_overrides = merged
-        elif name in ("worker_cls", "video_pruning_rate") and getattr(args, name, None) not in (None, "auto"):
-            logger.warning("Keeping the user's --%s=%s (the plugin would set %s)",
-                           name.replace("_", "-"), getattr(args, name), value)
+        elif name in ("worker_cls", "video_pruning_rate") and getattr(args, name, None) not in (
+            None,
+            "auto",
+        ):
+            logger.warning(
+                "Keeping the user's --%s=%s (the plugin would set %s)",
+                name.replace("_", "-"),
+                getattr(args, name),
+                value,
+            )
         else:
             setattr(args, name, value)
-    logger.info("mipruner: serving %s with %s", arch, ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    logger.info(
+        "mipruner: serving %s with %s", arch, ", ".join(f"{k}={v}" for k, v in overrides.items())
+    )
     return True
 
 
@@ -295,8 +341,11 @@ def serve(argv: list[str]) -> int:
         atexit.register(shutil.rmtree, owned, True)
     os.environ.setdefault("VLLM_MEDIA_FETCH_MAX_RETRIES", "1")
     if os.environ.setdefault("VLLM_MEDIA_CONNECTOR", MEDIA_CONNECTOR) != MEDIA_CONNECTOR:
-        logger.warning("VLLM_MEDIA_CONNECTOR=%s is set: the server's media-URL address policy is off "
-                       "(docs/security.md)", os.environ["VLLM_MEDIA_CONNECTOR"])
+        logger.warning(
+            "VLLM_MEDIA_CONNECTOR=%s is set: the server's media-URL address policy is off "
+            "(docs/security.md)",
+            os.environ["VLLM_MEDIA_CONNECTOR"],
+        )
     from mipruner_vllm.integration.vllm_surface import resolve
 
     # Through the declared surface: these moved between vLLM 0.32 and 0.33.
@@ -321,7 +370,11 @@ def serve(argv: list[str]) -> int:
     apply_plugin_flags(args, on_cpu=on_cpu)
     if MIDDLEWARE not in args.middleware:
         args.middleware.append(MIDDLEWARE)
-    logger.info("mipruner: pruning defaults %s; metrics dir %s", defaults, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    logger.info(
+        "mipruner: pruning defaults %s; metrics dir %s",
+        defaults,
+        os.environ["PROMETHEUS_MULTIPROC_DIR"],
+    )
     resolve("validate_parsed_serve_args")(args)
     resolve("ServeSubcommand").cmd(args)
     from mipruner_vllm.server.middleware import ENGINE_STATE
@@ -388,7 +441,8 @@ def supervise(argv: list[str]) -> int:
     parent = os.getpid()
     child = subprocess.Popen(
         [sys.executable, "-m", "mipruner_vllm.server.launcher", *argv],
-        env=env, preexec_fn=functools.partial(_die_with_parent, parent),  # noqa: PLW1509 (no threads yet)
+        env=env,
+        preexec_fn=functools.partial(_die_with_parent, parent),  # noqa: PLW1509 (no threads yet)
     )
     stop_since: list[float] = []
 

@@ -18,6 +18,7 @@ items with different field sets into different encoder batches. This module is t
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +47,7 @@ UNSET = -(2**63)
 KEEP_ALL = PruningParams(keep_ratio=1.0, method="none")
 
 #: Every key a request may use for pruning; stripped before anything reaches Hugging Face.
-PRUNING_REQUEST_KEYS = frozenset(REQUEST_FIELDS) | {PRUNING_KWARG}
+PRUNING_REQUEST_KEYS = frozenset(REQUEST_FIELDS) | {PRUNING_KWARG, "mipruner_content"}
 
 
 def params_field(modality: str) -> str:
@@ -90,7 +91,9 @@ def decode_params(vector: torch.Tensor) -> PruningParams:
     """The inverse of :func:`encode_params` (the values were validated where they entered)."""
     slots = [int(x) for x in vector.reshape(-1).tolist()]
     if len(slots) != len(PARAM_LAYOUT):
-        raise ValueError(f"pruning params vector has {len(slots)} values, expected {len(PARAM_LAYOUT)}")
+        raise ValueError(
+            f"pruning params vector has {len(slots)} values, expected {len(PARAM_LAYOUT)}"
+        )
     values: dict[str, Any] = {}
     for p, slot in zip(PRUNING_PARAMETERS, slots, strict=True):
         if slot == UNSET:
@@ -112,3 +115,33 @@ def unbatch(value: Any, n: int) -> list[torch.Tensor]:
     if len(items) != n:
         raise ValueError(f"pruning field has {len(items)} items, expected {n}")
     return items
+
+
+# -- content keys of the encoder-output store (see mipruner_vllm.integration.store) ------------
+
+#: The key the processor adds to ``mm_processor_kwargs`` with each item's content hash (the hash
+#: stock vLLM gives the item); never part of any hash itself, never seen by Hugging Face.
+CONTENT_KWARG = "mipruner_content"
+#: Bytes of a content key as it travels (a SHA-256 of vLLM's hash string, so any hasher fits).
+CONTENT_KEY_BYTES = 32
+
+
+def content_field(modality: str) -> str:
+    return f"mipruner_{modality}_content"
+
+
+def encode_content_key(mm_hash: str | None) -> torch.Tensor:
+    """A per-item uint8 vector for ``mm_hash``; all zeros means "do not store this item"."""
+    if mm_hash is None:
+        return torch.zeros(CONTENT_KEY_BYTES, dtype=torch.uint8)
+    digest = hashlib.sha256(mm_hash.encode()).digest()
+    return torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+
+
+def decode_content_keys(value: Any, n: int) -> list[bytes | None]:
+    """The store keys of ``n`` items from the batched content field (``None``: not storable)."""
+    keys: list[bytes | None] = []
+    for vector in unbatch(value, n):
+        raw = bytes(vector.reshape(-1).to(torch.uint8).tolist())
+        keys.append(raw if len(raw) == CONTENT_KEY_BYTES and any(raw) else None)
+    return keys

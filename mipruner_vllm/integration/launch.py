@@ -53,20 +53,13 @@ PRUNING_ARCHITECTURES: dict[str, str] = {
 
 #: Pruning-aware name -> lazy ``module:Class`` reference for ``ModelRegistry.register_model``.
 MODEL_CLASSES: dict[str, str] = {
-    "MIPrunerQwen2VLForConditionalGeneration":
-        "mipruner_vllm.integration.models.qwen2_vl:MIPrunerQwen2VLForConditionalGeneration",
-    "MIPrunerQwen2_5_VLForConditionalGeneration":
-        "mipruner_vllm.integration.models.qwen2_5_vl:MIPrunerQwen2_5_VLForConditionalGeneration",
-    "MIPrunerQwen3VLForConditionalGeneration":
-        "mipruner_vllm.integration.models.qwen3_vl:MIPrunerQwen3VLForConditionalGeneration",
-    "MIPrunerQwen3_5ForConditionalGeneration":
-        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5ForConditionalGeneration",
-    "MIPrunerQwen3_5MoeForConditionalGeneration":
-        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5MoeForConditionalGeneration",
-    "MIPrunerLlavaForConditionalGeneration":
-        "mipruner_vllm.integration.models.llava:MIPrunerLlavaForConditionalGeneration",
-    "MIPrunerLlavaNextForConditionalGeneration":
-        "mipruner_vllm.integration.models.llava_next:MIPrunerLlavaNextForConditionalGeneration",
+    "MIPrunerQwen2VLForConditionalGeneration": "mipruner_vllm.integration.models.qwen2_vl:MIPrunerQwen2VLForConditionalGeneration",
+    "MIPrunerQwen2_5_VLForConditionalGeneration": "mipruner_vllm.integration.models.qwen2_5_vl:MIPrunerQwen2_5_VLForConditionalGeneration",
+    "MIPrunerQwen3VLForConditionalGeneration": "mipruner_vllm.integration.models.qwen3_vl:MIPrunerQwen3VLForConditionalGeneration",
+    "MIPrunerQwen3_5ForConditionalGeneration": "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5ForConditionalGeneration",
+    "MIPrunerQwen3_5MoeForConditionalGeneration": "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5MoeForConditionalGeneration",
+    "MIPrunerLlavaForConditionalGeneration": "mipruner_vllm.integration.models.llava:MIPrunerLlavaForConditionalGeneration",
+    "MIPrunerLlavaNextForConditionalGeneration": "mipruner_vllm.integration.models.llava_next:MIPrunerLlavaNextForConditionalGeneration",
 }
 
 #: Pruning-aware architectures that use M-RoPE and so need the runner's position recompute.
@@ -106,7 +99,11 @@ def pruning_architectures(model: str | Path | Sequence[str]) -> list[str]:
     Names that are already pruning-aware pass through unchanged.
     """
     archs = _architectures(model)
-    out = [PRUNING_ARCHITECTURES.get(a, a) for a in archs if a in PRUNING_ARCHITECTURES or a in MODEL_CLASSES]
+    out = [
+        PRUNING_ARCHITECTURES.get(a, a)
+        for a in archs
+        if a in PRUNING_ARCHITECTURES or a in MODEL_CLASSES
+    ]
     if not out:
         raise ValueError(
             f"no MI-Pruner support for architectures {archs}; supported: "
@@ -122,7 +119,9 @@ def platform_device() -> Device:
     return "cpu" if resolve("current_platform").is_cpu() else "cuda"
 
 
-def engine_overrides(model: str | Path | Sequence[str], device: Device | None = None) -> dict[str, Any]:
+def engine_overrides(
+    model: str | Path | Sequence[str], device: Device | None = None
+) -> dict[str, Any]:
     """``EngineArgs`` / ``LLM(...)`` keyword arguments that enable MI-Pruner for ``model``.
 
     ``model`` is a checkpoint directory (its ``config.json`` names the architecture) or the

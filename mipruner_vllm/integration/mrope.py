@@ -37,6 +37,12 @@ import torch
 #: Extra columns appended to each media item's embeddings: (t, h, w) as (hi, lo) pairs.
 POSITION_COLUMNS = 6
 _RADIX = 256
+#: Column value of a row whose position cannot be carried (>= 65,536): every column of the row
+#: holds it, it decodes to a negative position, and :func:`recompute_media_positions` then leaves
+#: the row at the provisional position ``get_mrope_input_positions`` gave it.
+KEEP_PROVISIONAL = -1.0
+#: Positions below this are carried exactly (two base-256 digits).
+POSITION_LIMIT = _RADIX * _RADIX
 
 
 def grid_positions(t: int, h: int, w: int, t_factor: float = 1.0) -> torch.Tensor:
@@ -51,10 +57,18 @@ def grid_positions(t: int, h: int, w: int, t_factor: float = 1.0) -> torch.Tenso
     return torch.from_numpy(grid.reshape(3, -1).T.astype(np.int64))
 
 
-def encode_positions(positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(n, 3)`` int positions -> ``(n, POSITION_COLUMNS)`` columns exact in ``dtype``."""
-    if positions.numel() and int(positions.max()) >= _RADIX * _RADIX:
-        raise ValueError(f"media position {int(positions.max())} too large to carry (limit {_RADIX * _RADIX})")
+def encode_positions(
+    positions: torch.Tensor, dtype: torch.dtype, *, check: bool = True
+) -> torch.Tensor:
+    """``(n, 3)`` int positions -> ``(n, POSITION_COLUMNS)`` columns exact in ``dtype``.
+
+    ``check=False`` skips the range check (a device-to-host read) for positions already known
+    to be below :data:`POSITION_LIMIT`.
+    """
+    if check and positions.numel() and int(positions.max()) >= POSITION_LIMIT:
+        raise ValueError(
+            f"media position {int(positions.max())} too large to carry (limit {_RADIX * _RADIX})"
+        )
     hi = torch.div(positions, _RADIX, rounding_mode="floor")
     lo = positions - hi * _RADIX
     return torch.stack([hi, lo], dim=2).reshape(positions.shape[0], POSITION_COLUMNS).to(dtype)
@@ -86,7 +100,9 @@ def pruned_mrope_input_positions(
         base = next_pos + text_len
         grid = grid_positions(t, h, w, t_factor).T.numpy()
         if length > grid.shape[1]:
-            raise ValueError(f"media item at {offset} has {length} placeholders for {grid.shape[1]} tokens")
+            raise ValueError(
+                f"media item at {offset} has {length} placeholders for {grid.shape[1]} tokens"
+            )
         # Provisional for a pruned item; recompute_media_positions writes the kept tokens' values.
         chunks.append(grid[:, :length] + base)
         next_pos = base + int(grid.max()) + 1
@@ -94,18 +110,11 @@ def pruned_mrope_input_positions(
     if st < num_tokens:
         text_len = num_tokens - st
         chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_pos)
-    positions = np.concatenate(chunks, axis=1).reshape(3, -1) if chunks else np.zeros((3, 0), np.int64)
+    positions = (
+        np.concatenate(chunks, axis=1).reshape(3, -1) if chunks else np.zeros((3, 0), np.int64)
+    )
     delta = int(positions.max()) + 1 - num_tokens if positions.size else 0
     return torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64)), delta
-
-
-def _media_runs(media: torch.Tensor) -> tuple[list[int], list[int]]:
-    """Start and end (exclusive) of each contiguous run of media tokens."""
-    m = media.to(torch.int8)
-    edges = torch.diff(m, prepend=m.new_zeros(1), append=m.new_zeros(1))
-    starts = (edges == 1).nonzero(as_tuple=True)[0].tolist()
-    ends = (edges == -1).nonzero(as_tuple=True)[0].tolist()
-    return starts, ends
 
 
 def recompute_media_positions(
@@ -124,40 +133,54 @@ def recompute_media_positions(
     consecutive media tokens: a Qwen2/2.5-VL image or video is one run, a Qwen3-VL video frame
     is one run (timestamps and vision-start/end tokens separate them). Returns ``(stripped
     embeddings, positions, delta)``; ``positions`` is a new tensor, text positions are unchanged.
+
+    The gathered rows are exactly the media tokens at or after ``num_computed_tokens``, in prompt
+    order, so the r-th row belongs to the r-th such token, at ``(its run's base) + (row's
+    columns)``, the base being one past the text position right before the run. All of it is
+    computed with whole-tensor operations (cumulative sums and maxima, ``where``), never by
+    reading device values in a loop: when vLLM's GPU runner passes device tensors, the only
+    device-to-host read is the one scalar of the returned ``delta``. Rows marked
+    :data:`KEEP_PROVISIONAL` keep the positions they have; rows beyond the window's media tokens
+    (a layout the processor did not produce) are ignored rather than raised on, because an
+    exception here would stop vLLM's engine.
     """
     if not multimodal_embeddings:
-        delta = int(mrope_positions.max()) + 1 - mrope_positions.shape[1] if mrope_positions.numel() else 0
+        delta = (
+            int(mrope_positions.max()) + 1 - mrope_positions.shape[1]
+            if mrope_positions.numel()
+            else 0
+        )
         return [], mrope_positions, delta
     device = mrope_positions.device
-    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(list(input_ids), dtype=torch.long)
+    ids = (
+        input_ids
+        if isinstance(input_ids, torch.Tensor)
+        else torch.tensor(list(input_ids), dtype=torch.long)
+    )
     ids = ids.to(device=device, dtype=torch.long)
-    media = torch.isin(ids, torch.tensor(list(media_token_ids), dtype=torch.long, device=device))
-    starts, ends = _media_runs(media)
-    positions = mrope_positions.clone()
-
-    # The gathered rows are exactly the media tokens of the window, in prompt order: fill the
-    # media runs from the first one not yet computed. A row block may span several runs (a
-    # Qwen3-VL video gathers the tokens of several frames, each frame its own run).
+    length = ids.shape[0]
+    media = torch.zeros(length, dtype=torch.bool, device=device)
+    for token_id in media_token_ids:
+        media |= ids == int(token_id)
     stripped = [emb[:, :-POSITION_COLUMNS] for emb in multimodal_embeddings]
-    columns = torch.cat([decode_positions(emb[:, -POSITION_COLUMNS:]) for emb in multimodal_embeddings], dim=1)
+    columns = torch.cat(
+        [decode_positions(emb[:, -POSITION_COLUMNS:]) for emb in multimodal_embeddings], dim=1
+    )
     columns = columns.to(device)
-    run = next((i for i, end in enumerate(ends) if end > num_computed_tokens), len(ends))
-    local = max(num_computed_tokens - starts[run], 0) if run < len(starts) else 0
-    done, total = 0, columns.shape[1]
-    while done < total:
-        if run >= len(starts):
-            raise RuntimeError(
-                f"mipruner: {total} media rows do not fit the media runs of the prompt "
-                f"(num_computed_tokens={num_computed_tokens}); the prompt's placeholder layout is "
-                "not the one the processor produced"
-            )
-        start = starts[run]
-        take = min(total - done, ends[run] - start - local)
-        base = int(positions[0, start - 1]) + 1 if start > 0 else 0
-        positions[:, start + local : start + local + take] = columns[:, done : done + take] + base
-        done += take
-        local += take
-        if start + local >= ends[run]:
-            run, local = run + 1, 0
+    n_rows = columns.shape[1]
+
+    index = torch.arange(length, device=device)
+    # Run structure over the whole prompt: each media token's run start, and its run's base.
+    previous = torch.cat([media.new_zeros(1), media[:-1]])
+    run_start = torch.where(media & ~previous, index, torch.zeros_like(index)).cummax(0).values
+    before = (run_start - 1).clamp(min=0)
+    base = torch.where(run_start > 0, mrope_positions[0, before] + 1, torch.zeros_like(run_start))
+    # The window's media tokens, in order: the r-th gets row r.
+    window = media & (index >= num_computed_tokens)
+    rank = torch.cumsum(window.to(torch.long), 0) - 1
+    row = rank.clamp(min=0, max=max(n_rows - 1, 0))
+    gathered = columns[:, row]  # (3, length)
+    target = window & (rank < n_rows) & (gathered[0] >= 0)
+    positions = torch.where(target.unsqueeze(0), gathered + base.unsqueeze(0), mrope_positions)
     delta = int(positions.max()) + 1 - positions.shape[1]
     return stripped, positions, delta

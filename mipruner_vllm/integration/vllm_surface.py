@@ -668,6 +668,91 @@ SURFACE: tuple[VllmName, ...] = (
             ("ProcessingInfo", "processing info"),
         )
     )
+    + (
+        # --- the encoder path (integration/models/common.py, integration/processing.py) -------
+        _n(
+            "BaseMultiModalProcessor._get_mm_hashes",
+            "override",
+            "a pruned item's hash is its stock "
+            "content hash plus the parameters and its own question; the content hash keys the store",
+            f"{_PROCESSOR}._get_mm_hashes",
+            params=("self", "inputs"),
+        ),
+        _n(
+            "ProcessorInputs.mm_uuid_items",
+            "attribute",
+            "items named by a client uuid are never stored (a client-chosen id is no content key)",
+            "vllm.multimodal.processing.inputs:ProcessorInputs.mm_uuid_items",
+        ),
+        _n(
+            "MultiModalHasher",
+            "import",
+            "the per-item hash, as stock vLLM computes it",
+            "vllm.multimodal.hasher:MultiModalHasher",
+        ),
+        _n(
+            "MultiModalHasher.hash_kwargs",
+            "private-call",
+            "hashes the pruning inputs with the content",
+            "vllm.multimodal.hasher:MultiModalHasher.hash_kwargs",
+            params=("cls", "algorithm", "/", "**kwargs"),
+        ),
+        _n(
+            "MultiModalBudget",
+            "import",
+            "what vLLM's memory profile covered: the bound of one tower call",
+            "vllm.multimodal.encoder_budget:MultiModalBudget",
+        ),
+        _n(
+            "MultiModalBudget.__init__",
+            "private-call",
+            "built as the scheduler builds it",
+            "vllm.multimodal.encoder_budget:MultiModalBudget.__init__",
+            params=("self", "vllm_config", "mm_registry", "*", "enable_cache"),
+        ),
+        _n(
+            "MultiModalBudget.mm_max_items_per_batch",
+            "attribute",
+            "profiled items per batch",
+            "vllm.multimodal.encoder_budget:MultiModalBudget.mm_max_items_per_batch",
+        ),
+        _n(
+            "MultiModalBudget.mm_max_toks_per_item",
+            "attribute",
+            "profiled tokens per item",
+            "vllm.multimodal.encoder_budget:MultiModalBudget.mm_max_toks_per_item",
+        ),
+        _n(
+            "MultiModalBudget.get_modality_with_max_tokens",
+            "private-call",
+            "the profiled modality",
+            "vllm.multimodal.encoder_budget:MultiModalBudget.get_modality_with_max_tokens",
+            params=("self",),
+        ),
+        _n(
+            "get_tensor_model_parallel_rank",
+            "import",
+            "store metrics are counted on the first "
+            "tensor-parallel rank only (every rank holds the same entries)",
+            "vllm.distributed:get_tensor_model_parallel_rank",
+        ),
+    )
+    + tuple(
+        _n(
+            f"{stem}ForConditionalGeneration.load_weights",
+            "override",
+            "clears the encoder store and warms the kernels up once the weights are in",
+            f"{_MODELS}.{module}:{stem}ForConditionalGeneration.load_weights",
+            params=("self", "weights"),
+        )
+        # Qwen3.5-MoE inherits Qwen3.5's.
+        for module, stem in (
+            *_FAMILIES.items(),
+            ("llava", "Llava"),
+            ("llava_next", "LlavaNext"),
+            ("qwen3_5", "Qwen3_5"),
+        )
+    )
 )
 
 SURFACE_BY_KEY: dict[str, VllmName] = {name.key: name for name in SURFACE}
@@ -748,6 +833,9 @@ class VllmSource:
             return archive.read(relative).decode("utf-8") if relative in names else None
 
         return cls(read, version)
+
+    def is_package(self, name: str) -> bool:
+        return self._read(name.replace(".", "/") + "/__init__.py") is not None
 
     def module(self, name: str) -> ast.Module | None:
         if name not in self._trees:
@@ -835,6 +923,28 @@ def _params(function: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, ...]
     return tuple(out)
 
 
+def _module_defines(source: VllmSource, module_name: str, name: str, depth: int = 0) -> bool:
+    """``module_name`` defines or re-exports ``name``, following ``from .x import *``."""
+    tree = source.module(module_name)
+    if tree is None:
+        return False
+    if name in _assigned_names(tree.body) or name in _lazy_exports(tree):
+        return True
+    if depth > 3:
+        return False
+    package = module_name if source.is_package(module_name) else module_name.rpartition(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            base = package
+            for _ in range(max(node.level - 1, 0)):
+                base = base.rpartition(".")[0]
+            parts = [base] if node.level else []
+            target = ".".join([*parts, *([node.module] if node.module else [])])
+            if _module_defines(source, target, name, depth + 1):
+                return True
+    return False
+
+
 def _check_location(
     source: VllmSource, location: str, params: tuple[str, ...] | None, params_prefix: bool = False
 ) -> str | None:
@@ -845,7 +955,7 @@ def _check_location(
         return f"module {module_name} not found"
     head, _, member = qualname.partition(".")
     if not member:
-        if head in _assigned_names(tree.body) or head in _lazy_exports(tree):
+        if _module_defines(source, module_name, head):
             return None
         return f"{location} not found"
     cls = _class_def(tree, head)

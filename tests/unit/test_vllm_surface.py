@@ -45,6 +45,8 @@ FAKE_VLLM = {
         REGISTRY = object()
     """,
     "vllm/new_home.py": "def moved(): ...",
+    "vllm/dist/__init__.py": "from .state import *",
+    "vllm/dist/state.py": "def rank(): ...",
 }
 
 
@@ -62,6 +64,7 @@ def name(location: str, *more: str, params: tuple[str, ...] | None = None) -> Vl
     [
         name("vllm:LLM"),  # served by the module's __getattr__ table
         name("vllm.proc:REGISTRY"),
+        name("vllm.dist:rank"),  # re-exported by `from .state import *`
         name("vllm.proc:Base"),
         name("vllm.proc:Base.flag"),
         name("vllm.proc:Base.executor"),  # set in __init__

@@ -25,16 +25,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest.importorskip("vllm")
 
 
-def make_llm(checkpoint: str, *, plugin: bool, debug_dir: Path | None = None, **overrides: Any) -> Any:
-    """A CPU ``LLM`` for a tiny checkpoint, with the MI-Pruner architecture when ``plugin``."""
+def make_llm(
+    checkpoint: str,
+    *,
+    plugin: bool,
+    debug_dir: Path | None = None,
+    settings: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Any:
+    """An ``LLM`` for a tiny checkpoint, with the MI-Pruner architecture when ``plugin``.
+
+    ``settings`` are ``MIPRUNER_*`` variables (without the prefix) for this engine's processes
+    only; they are in the environment while the engine starts (its processes are forked then)
+    and removed afterwards, so the next engine starts from the defaults.
+    """
     from vllm import LLM
 
+    from mipruner_vllm.config import get_settings
     from mipruner_vllm.integration.launch import engine_overrides
 
     if debug_dir is not None:
         os.environ["MIPRUNER_DEBUG_DIR"] = str(debug_dir)
     else:
         os.environ.pop("MIPRUNER_DEBUG_DIR", None)
+    extra = {f"MIPRUNER_{k.upper()}": v for k, v in (settings or {}).items()}
+    os.environ.update(extra)
+    # vLLM forks its engine processes: they inherit this process's cached settings object.
+    get_settings.cache_clear()
     kwargs: dict[str, Any] = dict(
         model=checkpoint,
         max_model_len=1024,
@@ -47,9 +64,14 @@ def make_llm(checkpoint: str, *, plugin: bool, debug_dir: Path | None = None, **
         max_num_batched_tokens=32,
     )
     if plugin:
-        kwargs.update(engine_overrides(checkpoint, "cpu"))
+        kwargs.update(engine_overrides(checkpoint))
     kwargs.update(overrides)
-    return LLM(**kwargs)
+    try:
+        return LLM(**kwargs)
+    finally:
+        for key in extra:
+            os.environ.pop(key, None)
+        get_settings.cache_clear()
 
 
 def shutdown(llm: Any) -> None:
@@ -88,4 +110,6 @@ def engine_tools() -> Any:
     """The helpers above, for test modules (``--import-mode=importlib`` cannot import conftest)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(make_llm=make_llm, shutdown=shutdown, read_records=read_records, RecordTail=RecordTail)
+    return SimpleNamespace(
+        make_llm=make_llm, shutdown=shutdown, read_records=read_records, RecordTail=RecordTail
+    )

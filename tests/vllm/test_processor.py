@@ -46,7 +46,9 @@ def procs(request: pytest.FixtureRequest, demo_model_dir: Any) -> tuple[Any, Any
 def _image(seed: int = 0) -> Any:
     from PIL import Image
 
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (56, 112, 3), dtype=np.uint8))
+    return Image.fromarray(
+        np.random.default_rng(seed).integers(0, 256, (56, 112, 3), dtype=np.uint8)
+    )
 
 
 def run(proc: Any, question: str, **kwargs: Any) -> tuple[str, int]:
@@ -111,7 +113,9 @@ def test_bad_parameters_are_rejected(procs: tuple[Any, Any]) -> None:
 def test_pruning_keys_never_reach_hugging_face(procs: tuple[Any, Any]) -> None:
     plugin, _ = procs
     # The HF processor loader is an lru_cache keyed by the kwargs: stripping keeps one instance.
-    assert plugin.info.get_hf_processor(keep_ratio=0.5, mi_tau=0.3) is plugin.info.get_hf_processor()
+    assert (
+        plugin.info.get_hf_processor(keep_ratio=0.5, mi_tau=0.3) is plugin.info.get_hf_processor()
+    )
 
 
 def test_query_text_is_the_question_only(procs: tuple[Any, Any]) -> None:
@@ -121,7 +125,10 @@ def test_query_text_is_the_question_only(procs: tuple[Any, Any]) -> None:
     tokenizer = plugin.info.get_tokenizer()
     messages = [
         {"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the red ball?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Where is the red ball?"}],
+        },
     ]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer.encode(prompt, add_special_tokens=False)
@@ -129,8 +136,113 @@ def test_query_text_is_the_question_only(procs: tuple[Any, Any]) -> None:
     assert tokenizer.decode(texts["image"][0]) == "Where is the red ball?"
     # An image without text gives an empty query (N_T = 0; uniform-stride rule downstream).
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}]}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": [{"type": "image"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
     )
-    assert query_token_ids(tokenizer, tokenizer.encode(prompt, add_special_tokens=False), plugin._mipruner_media_tokens()) == {
-        "image": [[]]
-    }
+    assert query_token_ids(
+        tokenizer,
+        tokenizer.encode(prompt, add_special_tokens=False),
+        plugin._mipruner_media_tokens(),
+    ) == {"image": [[]]}
+
+
+# -- content keys of the encoder-output store (issue 11) -------------------------------------
+
+
+def _content_key(out: Any, modality: str = "image", index: int = 0) -> bytes | None:
+    from mipruner_vllm.integration.fields import content_field, decode_content_keys
+
+    field = out["mm_kwargs"][modality][index][content_field(modality)].data
+    return decode_content_keys(field.reshape(1, -1), 1)[0]
+
+
+def _process(proc: Any, messages: list[dict[str, Any]], images: list[Any], **kwargs: Any) -> Any:
+    tokenizer = proc.info.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    data = {"image": images if len(images) > 1 else images[0]}
+    return proc(prompt, proc.info.parse_mm_data(data), hf_processor_mm_kwargs=kwargs)
+
+
+def _ask(question: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def test_store_key_is_the_stock_hash_whatever_the_question_and_budget(
+    procs: tuple[Any, Any],
+) -> None:
+    from mipruner_vllm.integration.fields import decode_content_keys, encode_content_key
+
+    plugin, stock = procs
+    stock_hash = _process(stock, _ask("What is this?"), [_image()])["mm_hashes"]["image"][0]
+    expected = decode_content_keys(encode_content_key(stock_hash).reshape(1, -1), 1)[0]
+    for question, kwargs in [
+        ("What is this?", {}),
+        ("Describe it.", {"keep_ratio": 0.25}),
+        ("Why?", {"keep_tokens": 3}),
+    ]:
+        out = _process(plugin, _ask(question), [_image()], **kwargs)
+        assert _content_key(out) == expected, (question, kwargs)
+    # Other media never share an entry.
+    assert (
+        _content_key(_process(plugin, _ask("What is this?"), [_image(seed=1)], keep_ratio=0.25))
+        != expected
+    )
+
+
+def test_other_resize_settings_never_share_an_entry(procs: tuple[Any, Any]) -> None:
+    plugin, _ = procs
+    if "qwen" not in type(plugin).__name__.lower():
+        pytest.skip("resize kwargs are tested on the Qwen family (max_pixels)")
+    base = _content_key(_process(plugin, _ask("What is this?"), [_image()], keep_ratio=0.25))
+    resized = _process(
+        plugin, _ask("What is this?"), [_image()], keep_ratio=0.25, max_pixels=28 * 28 * 4
+    )
+    assert _content_key(resized) != base
+
+
+def test_same_image_in_two_turns_is_two_items_selected_for_their_own_questions(
+    procs: tuple[Any, Any],
+) -> None:
+    from mipruner_vllm.integration.fields import text_field
+
+    plugin, _ = procs
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "What colour is the car?"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "How many wheels?"}],
+        },
+    ]
+    out = _process(plugin, messages, [_image(), _image()], keep_ratio=0.25)
+    hashes = out["mm_hashes"]["image"]
+    assert hashes[0] != hashes[1]  # so vLLM's encoder cache does not give item 2 item 1's selection
+    tokenizer = plugin.info.get_tokenizer()
+    texts = [
+        tokenizer.decode(out["mm_kwargs"]["image"][i][text_field("image")].data.tolist())
+        for i in (0, 1)
+    ]
+    assert texts == ["What colour is the car?", "How many wheels?"]
+    assert _content_key(out, index=0) == _content_key(out, index=1) is not None  # one tower run
+    # An item's identity depends on its own question only, not on the other turns'.
+    single = _process(plugin, _ask("How many wheels?"), [_image()], keep_ratio=0.25)
+    assert single["mm_hashes"]["image"][0] == hashes[1]
+
+
+def test_client_uuids_are_never_store_keys(procs: tuple[Any, Any]) -> None:
+    plugin, _ = procs
+    tokenizer = plugin.info.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(
+        _ask("What is this?"), tokenize=False, add_generation_prompt=True
+    )
+    out = plugin(
+        prompt,
+        plugin.info.parse_mm_data({"image": _image()}),
+        hf_processor_mm_kwargs={"keep_ratio": 0.25},
+        mm_uuid_items={"image": ["client-chosen-id"]},
+    )
+    assert _content_key(out) is None

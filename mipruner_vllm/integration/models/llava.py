@@ -9,6 +9,8 @@ architecture name.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -17,7 +19,7 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMixin
+from mipruner_vllm.integration.models.common import BatchLayout, EncodedItem, MIPrunerModelMixin
 from mipruner_vllm.integration.processing import MIPrunerInfoMixin, MIPrunerProcessorMixin
 
 
@@ -35,6 +37,20 @@ class LlavaProcessorMixin(MIPrunerProcessorMixin):
 
 class LlavaModelMixin(MIPrunerModelMixin):
     mipruner_modalities = ("image",)
+
+    def _mipruner_tiles(self, pixels: Any) -> int:
+        """Vision-tower tiles of one item's pixels (LLaVA-1.5: one)."""
+        return 1
+
+    def _mipruner_layout(self, kwargs: dict[str, Any]) -> BatchLayout | None:
+        # Items are stacked or listed along dim 0; the cost of an item is the tower's output
+        # tokens for it (one tile of (image_size / patch)^2 for LLaVA-1.5).
+        pixels = kwargs.get("pixel_values")
+        if pixels is None or kwargs.get("image_embeds") is not None:
+            return None
+        vision = self.config.vision_config  # type: ignore[attr-defined]
+        per_tile = (vision.image_size // vision.patch_size) ** 2
+        return BatchLayout("image", [per_tile * self._mipruner_tiles(p) for p in pixels])
 
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         image_input = self._parse_and_validate_image_input(**kwargs)  # type: ignore[attr-defined]

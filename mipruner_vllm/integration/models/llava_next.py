@@ -46,7 +46,9 @@ def newline_count(hf_config: Any, height: int, width: int) -> int:
     vision = hf_config.vision_config
     npatches = vision.image_size // vision.patch_size
     num_patch_height, num_patch_width = get_anyres_image_grid_shape(
-        image_size=(height, width), grid_pinpoints=hf_config.image_grid_pinpoints, patch_size=vision.image_size
+        image_size=(height, width),
+        grid_pinpoints=hf_config.image_grid_pinpoints,
+        patch_size=vision.image_size,
     )
     current_height = npatches * num_patch_height
     current_width = npatches * num_patch_width
@@ -79,6 +81,10 @@ def _has_pixels(mm_items: Any) -> bool:
 
 
 class LlavaNextModelMixin(LlavaModelMixin):
+    def _mipruner_tiles(self, pixels: Any) -> int:
+        # (tiles, 3, H, W) per image: the base tile plus the anyres tiles, each a full tower pass.
+        return int(pixels.shape[0]) if getattr(pixels, "dim", lambda: 0)() == 4 else 1
+
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         image_input = self._parse_and_validate_image_input(**kwargs)  # type: ignore[attr-defined]
         if image_input is None:
@@ -95,7 +101,9 @@ class LlavaNextModelMixin(LlavaModelMixin):
                 rows = newline_count(self.config, height, width)  # type: ignore[attr-defined]
                 rest = emb.shape[0] - base
                 if rows <= 0 or rest % rows:
-                    raise RuntimeError(f"mipruner: unexpected LLaVA-NeXT layout ({emb.shape[0]} rows, {rows} newlines)")
+                    raise RuntimeError(
+                        f"mipruner: unexpected LLaVA-NeXT layout ({emb.shape[0]} rows, {rows} newlines)"
+                    )
                 fixed = torch.zeros(emb.shape[0], dtype=torch.bool)
                 fixed[base + rest // rows - 1 :: rest // rows] = True
             items.append(EncodedItem("image", emb, emb.shape[-1], fixed=fixed))
@@ -115,5 +123,7 @@ class MIPrunerLlavaNextMultiModalProcessor(LlavaNextProcessorMixin, LlavaNextMul
     info=MIPrunerLlavaNextProcessingInfo,
     dummy_inputs=LlavaDummyInputsBuilder,
 )
-class MIPrunerLlavaNextForConditionalGeneration(LlavaNextModelMixin, LlavaNextForConditionalGeneration):
+class MIPrunerLlavaNextForConditionalGeneration(
+    LlavaNextModelMixin, LlavaNextForConditionalGeneration
+):
     pass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from vllm.model_executor.models.interfaces import SupportsMultiModalPruning
 from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLDummyInputsBuilder,
@@ -24,7 +25,7 @@ from vllm.model_executor.models.qwen2_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from mipruner_vllm.integration.launch import check_armed, disable_stock_video_pruning
-from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMixin
+from mipruner_vllm.integration.models.common import BatchLayout, EncodedItem, MIPrunerModelMixin
 from mipruner_vllm.integration.mrope import (
     grid_positions,
     pruned_mrope_input_positions,
@@ -62,10 +63,36 @@ class QwenModelMixin(MIPrunerModelMixin):
 
     def __init__(self, *, vllm_config: Any, prefix: str | None = None) -> None:
         # vLLM requires these two named parameters; an unset prefix keeps the stock default.
-        kwargs = {"vllm_config": vllm_config} if prefix is None else {"vllm_config": vllm_config, "prefix": prefix}
+        kwargs = (
+            {"vllm_config": vllm_config}
+            if prefix is None
+            else {"vllm_config": vllm_config, "prefix": prefix}
+        )
         super().__init__(**kwargs)  # type: ignore[call-arg]
         self.mipruner_positions_armed = check_armed(vllm_config, type(self).__name__)
         disable_stock_video_pruning(self)
+
+    def _mipruner_layout(self, kwargs: dict[str, Any]) -> BatchLayout | None:
+        # Pixels of all items are concatenated along dim 0 (``t*h*w`` patch rows per item); an
+        # item's unpruned embedding count is its patch count over the merge area.
+        merge = self.config.vision_config.spatial_merge_size  # type: ignore[attr-defined]
+        present = [
+            (modality, pixels, grid)
+            for modality, pixels, grid in (
+                ("image", "pixel_values", "image_grid_thw"),
+                ("video", "pixel_values_videos", "video_grid_thw"),
+            )
+            if kwargs.get(pixels) is not None and kwargs.get(grid) is not None
+        ]
+        if len(present) != 1 or any(
+            kwargs.get(k) is not None for k in ("image_embeds", "video_embeds")
+        ):
+            return None
+        modality, _, grid_key = present[0]
+        grid = kwargs[grid_key]
+        grid = torch.stack(list(grid)) if isinstance(grid, (list, tuple)) else grid
+        rows = [int(r) for r in grid.reshape(-1, 3).prod(-1).tolist()]
+        return BatchLayout(modality, [r // (merge * merge) for r in rows], rows)
 
     def _mipruner_encode(self, **kwargs: object) -> list[EncodedItem]:
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)  # type: ignore[attr-defined]
@@ -98,11 +125,19 @@ class QwenModelMixin(MIPrunerModelMixin):
         return items
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> Any:
-        lengths = [f.mm_position.length for f in sorted(mm_features, key=lambda f: f.mm_position.offset)]
-        return pruned_mrope_input_positions(self.iter_mm_grid_thw(mm_features), lengths, len(input_tokens))  # type: ignore[attr-defined]
+        lengths = [
+            f.mm_position.length for f in sorted(mm_features, key=lambda f: f.mm_position.offset)
+        ]
+        return pruned_mrope_input_positions(
+            self.iter_mm_grid_thw(mm_features), lengths, len(input_tokens)
+        )  # type: ignore[attr-defined]
 
     def recompute_mrope_positions(
-        self, input_ids: Any, multimodal_embeddings: Any, mrope_positions: Any, num_computed_tokens: int
+        self,
+        input_ids: Any,
+        multimodal_embeddings: Any,
+        mrope_positions: Any,
+        num_computed_tokens: int,
     ) -> Any:
         return recompute_media_positions(
             input_ids,
@@ -113,7 +148,7 @@ class QwenModelMixin(MIPrunerModelMixin):
         )
 
     def get_encoder_cudagraph_config(self) -> Any:
-        # Encoder CUDA graphs bypass embed_multimodal, and so the selection (pitfall 11).
+        # Encoder CUDA graphs bypass embed_multimodal, and so the selection.
         return dataclasses.replace(super().get_encoder_cudagraph_config(), modalities=[])  # type: ignore[misc]
 
 
