@@ -146,10 +146,11 @@ def write_markdown(path: Path, rows: list[BenchmarkRow], header: dict[str, str])
     """A short table: one line per case, p50 per provider, Triton's bandwidth and speed-ups."""
     lines = [f"# {header.pop('title')}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| model | N_V x d | N_T | keep | batch | lambda | triton ms | torch ms | torch.compile ms "
-              "| triton GB/s | triton % of peak | vs torch | vs compile | notes |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-              "| --- |"]  # fmt: skip
+    lines += ["", "| model | N_V x d | N_T | keep | batch | lambda | triton ms | torch ms "
+              "| torch.compile ms | triton GB/s | triton % of peak | vs torch "
+              "| vs compile | notes |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+              "| ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     cases: dict[tuple, dict[str, BenchmarkRow]] = {}
     for r in rows:
         key = (r.model, r.n_visual, r.dim, r.n_text, r.keep_ratio, r.batch, r.mi_lambda)
@@ -170,8 +171,9 @@ def write_markdown(path: Path, rows: list[BenchmarkRow], header: dict[str, str])
                  if tri and isinstance(tri.peak_share, float) else "")  # fmt: skip
         notes = "; ".join(f"{p}: {r.note}" for p, r in by.items() if r.note)
         lines.append(
-            f"| {model} | {n_v} x {dim} | {n_t} | {keep:g} | {batch} | {lam:g} | {ms(tri)} | {ms(eager)} | "
-            f"{ms(comp)} | {gbps} | {share} | {ratio(tri, eager)} | {ratio(tri, comp)} | {notes} |"
+            f"| {model} | {n_v} x {dim} | {n_t} | {keep:g} | {batch} | {lam:g} "
+            f"| {ms(tri)} | {ms(eager)} | {ms(comp)} | {gbps} | {share} "
+            f"| {ratio(tri, eager)} | {ratio(tri, comp)} | {notes} |"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the torch_compile provider")  # fmt: skip
     parser.add_argument("--time-budget-s", type=float, default=None,
-                        help="skip (and record as skipped) what would run past this many seconds")  # fmt: skip
+                        help="skip (and record as skipped) what would run past this many "
+                             "seconds")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "mi_select.csv")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a short table")
     args = parser.parse_args(argv)
@@ -278,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14} {case.model:<20} {case.n_visual:>6} {case.dim:>5} {case.n_text:>4} "
                   f"{case.batch:>3} {case.mi_lambda:>4g} {p50:>10.3f} "
                   f"{'' if gbps is None else f'{gbps:.3g}':>7} "
-                  f"{'' if share is None else f'{100 * share:.1f}':>6}  {note}", flush=True)  # fmt: skip
+                  f"{'' if share is None else f'{100 * share:.1f}':>6}  {note}",
+                  flush=True)  # fmt: skip
         del visuals, texts
     append_rows(args.out, rows)
     print(f"appended {len(rows)} rows to {args.out}")

@@ -10,12 +10,14 @@ result with the ratio as metadata (the pruning fields go in the request body via
         --base-url http://127.0.0.1:8000 --endpoint /v1/chat/completions --model mipruner-demo \\
         --tokenizer ~/.cache/mipruner-vllm/<demo dir> --dataset-name random-mm \\
         --num-prompts 32 --random-input-len 16 --random-output-len 8 \\
-        --random-mm-base-items-per-request 1 --random-mm-limit-mm-per-prompt '{"image": 1, "video": 0}' \\
+        --random-mm-base-items-per-request 1 \\
+        --random-mm-limit-mm-per-prompt '{"image": 1, "video": 0}' \\
         --random-mm-bucket-config '{(448, 448, 1): 1.0}' \\
         --extra-body "{\\"keep_ratio\\": $r}" --metadata keep_ratio=$r \\
         --save-result --result-dir bench-serve
     done
-    python benchmarks/plot_bench_serve.py bench-serve/*.json --out docs/images/bench_serve_keep_ratio.png
+    python benchmarks/plot_bench_serve.py bench-serve/*.json \\
+      --out docs/images/bench_serve_keep_ratio.png
 
 The plot has one line per served model: median and p99 TTFT (left), request throughput (right).
 It also prints the table it plotted (with output-token throughput).
@@ -51,7 +53,8 @@ class BenchPoint:
         p99 = result.get("p99_ttft_ms")
         if p99 is None:
             raise SystemExit(
-                f"{path}: no p99_ttft_ms; keep bench serve's default --percentile-metrics/--metric-percentiles"
+                f"{path}: no p99_ttft_ms; keep bench serve's default "
+                "--percentile-metrics/--metric-percentiles"
             )
         return cls(
             model=str(result.get("model_id", "?")),
@@ -109,12 +112,14 @@ def main(argv: list[str] | None = None) -> None:
         (BenchPoint.from_result(p) for p in args.results), key=lambda p: (p.model, p.keep_ratio)
     )
     print(
-        f"{'model':<24} {'keep':>5} {'n':>4} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'req/s':>7} {'out tok/s':>10}"
+        f"{'model':<24} {'keep':>5} {'n':>4} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
+        f"{'req/s':>7} {'out tok/s':>10}"
     )
     for p in points:
         print(
-            f"{Path(p.model).name[:24]:<24} {p.keep_ratio:>5.3g} {p.num_prompts:>4} {p.median_ttft_ms:>12.1f} "
-            f"{p.p99_ttft_ms:>12.1f} {p.request_throughput:>7.2f} {p.output_throughput:>10.1f}"
+            f"{Path(p.model).name[:24]:<24} {p.keep_ratio:>5.3g} {p.num_prompts:>4} "
+            f"{p.median_ttft_ms:>12.1f} {p.p99_ttft_ms:>12.1f} {p.request_throughput:>7.2f} "
+            f"{p.output_throughput:>10.1f}"
         )
     plot(points, args.out, args.title)
     print(f"wrote {args.out}")

@@ -23,8 +23,9 @@ QUANTILES = (0.5, 0.2, 0.8)
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True).stdout.strip()  # fmt: skip
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent,
+                             check=True).stdout.strip()  # fmt: skip
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
                                cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
         return out + ("-dirty" if dirty else "")
@@ -36,7 +37,10 @@ def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
     cores = os.cpu_count() or 0
-    return f"{platform.processor() or platform.machine()} ({cores} cores visible, torch threads {torch.get_num_threads()})"
+    return (
+        f"{platform.processor() or platform.machine()} "
+        f"({cores} cores visible, torch threads {torch.get_num_threads()})"
+    )
 
 
 def utc_timestamp() -> str:
@@ -163,7 +167,8 @@ def append_rows(path: Path, rows: list) -> None:
 def time_ms(
     fn: Callable[[], object], device: str, repeats: int = 5, warmup: int = 1
 ) -> tuple[float, float, float]:
-    """``(p50, p20, p80)`` milliseconds: ``triton.testing.do_bench`` on GPU, a CPU timer otherwise."""
+    """``(p50, p20, p80)`` milliseconds: ``triton.testing.do_bench`` on GPU, a CPU timer
+    otherwise."""
     if device == "cuda":
         import triton.testing
 

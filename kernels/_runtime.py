@@ -31,7 +31,8 @@ def interpret_enabled() -> bool:
 
 
 def upcast_dot(dtype: torch.dtype) -> bool:
-    """Route ``tl.dot`` through fp32: only bf16 under the interpreter, whose numpy dot misreads bf16."""
+    """Route ``tl.dot`` through fp32: only bf16 under the interpreter, whose numpy dot misreads
+    bf16."""
     return dtype == torch.bfloat16 and interpret_enabled()
 
 

@@ -95,7 +95,8 @@ def configurations() -> list[KernelConfig]:
         for gram in (True, False):  # rho_self cached for the steps, or a GEMV per step
             add("mi_self_lse", g._mi_self_lse_kernel, tensors,
                 {"BLOCK_V": s.BLOCK_V, "BLOCK_C": g.BLOCK_C, "BLOCK_D": s.BLOCK_D,
-                 "FP32_INPUT": fp32, "UPCAST_DOT": False, "STORE_GRAM": gram}, s.DOT_NUM_WARPS)  # fmt: skip
+                 "FP32_INPUT": fp32, "UPCAST_DOT": False, "STORE_GRAM": gram},
+                s.DOT_NUM_WARPS)  # fmt: skip
             add("mi_greedy", g._mi_greedy_kernel, tensors,
                 {"BLOCK_R": g.BLOCK_R, "BLOCK_D": g.BLOCK_DG, "USE_GRAM": gram},
                 g.GREEDY_NUM_WARPS)  # fmt: skip
@@ -137,7 +138,8 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int, int]:
             f.write(ptx)
         # Same register-allocation flag Triton passes (works around a ptxas 13 bug).
         cmd = [get_ptxas(arch).path, "-v", "--regAllocOptLevel=2",
-               f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o", f"{tmp}/kernel.o"]  # fmt: skip
+               f"--gpu-name={sm_arch_from_capability(arch)}", src,
+               "-o", f"{tmp}/kernel.o"]  # fmt: skip
         log = subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
     regs = _PTXAS_REGS.search(log)
     spill = _PTXAS_SPILL.search(log)
@@ -189,7 +191,10 @@ def run_aot(archs: list[int], out: Any = None, *, fail_on_spills: bool = False) 
 
     out = out or sys.stdout
     failures = spills = 0
-    header = f"{'target':<7} {'kernel configuration':<46} {'warps':>5} {'regs':>5} {'spill st/ld B':>13} {'shared B':>9} {'s':>5}"
+    header = (
+        f"{'target':<7} {'kernel configuration':<46} {'warps':>5} {'regs':>5} "
+        f"{'spill st/ld B':>13} {'shared B':>9} {'s':>5}"
+    )
     print(header, file=out)
     print("-" * len(header), file=out)
     for arch in archs:

@@ -21,8 +21,9 @@ Pass plan (S_cross comes from phases 1-3 of :mod:`mipruner_vllm.kernels.mi_selec
 2. ``_mi_greedy_kernel`` (one persistent program per item): the N_keep dependent steps run in a
    device loop, with no host synchronisation and no launch per step. Each step is one pass over
    the item's rows that (a) gets the column rho_self[:, pick] (one cached row of N_V floats,
-   or, above the cache budget, a GEMV of V against the token just picked), (b) folds it into the running S_self (max), marks the pick, and (c) finds the
-   next argmax of Eq. (22) in the same pass. A picked token gets S_self = +inf, so its score is
+   or, above the cache budget, a GEMV of V against the token just picked), (b) folds it into
+   the running S_self (max), marks the pick, and (c) finds the next argmax of Eq. (22) in the
+   same pass. A picked token gets S_self = +inf, so its score is
    -inf (1 - lambda > 0) and it can never win again: no separate "selected" mask is needed.
    Among unselected tokens the argmax keeps the first maximum (``tl.argmax`` ties left inside a
    chunk, a strict ``>`` across chunks), i.e. ties go to the lower index. A final pass writes

@@ -450,6 +450,6 @@ def check_offsets(packed: PackedItems) -> None:
             or nv * nt >= limit
         ):
             raise ValueError(
-                f"item {b} ({nv} visual x {nt} text tokens, hidden {packed.dim}) exceeds the kernels' "
-                "int32 in-item offsets (N x d and N_V x N_T must stay below 2^31)"
+                f"item {b} ({nv} visual x {nt} text tokens, hidden {packed.dim}) exceeds the "
+                "kernels' int32 in-item offsets (N x d and N_V x N_T must stay below 2^31)"
             )

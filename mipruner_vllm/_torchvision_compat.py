@@ -98,7 +98,8 @@ def install_finder() -> None:
 
 
 def install_pth(site_packages: str | None = None) -> str:
-    """Write the ``.pth`` file into ``site_packages`` (default: this interpreter's); return its path."""
+    """Write the ``.pth`` file into ``site_packages`` (default: this interpreter's); return its
+    path."""
     import os
     import sysconfig
 

@@ -17,9 +17,13 @@ app = typer.Typer(
 )
 
 
-@app.command()
+@app.command(
+    help=(
+        "One-line check of the installed environment: vLLM, torchvision, a Qwen2-VL processor, "
+        "a selection."
+    )
+)
 def smoke() -> None:
-    """One-line check of the installed environment: vLLM, torchvision, a Qwen2-VL processor, a selection."""
     from mipruner_vllm.envcheck import smoke_report
 
     typer.echo(smoke_report())
@@ -45,10 +49,13 @@ def demo_model(
         "allow_extra_args": True,
         "ignore_unknown_options": True,
         "help_option_names": [],
-    }
+    },
+    help=(
+        "Start the OpenAI-compatible server (vLLM's, with the pruning layer). "
+        "`serve --help` for flags."
+    ),
 )
 def serve(ctx: typer.Context) -> None:
-    """Start the OpenAI-compatible server (vLLM's, with the pruning layer). `serve --help` for flags."""
     from mipruner_vllm.server.launcher import main as serve_main
 
     serve_main(list(ctx.args))

@@ -22,6 +22,7 @@ def smoke_report() -> str:
     grid = processor(images=[image], return_tensors="pt")["image_grid_thw"]
     kept = select_tokens(torch.randn(16, 32), torch.randn(4, 32), keep_ratio=0.25)
     return (
-        f"ok: vllm {vllm.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"ok: vllm {vllm.__version__}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, "
         f"Qwen2-VL processor grid {grid.tolist()}, select_tokens kept {kept.tolist()}"
     )

@@ -47,7 +47,8 @@ DEADLINE_SLACK_S = 0.5
 
 
 class MediaURLRefused(ValueError):
-    """A media URL the policy refuses (vLLM answers a ``ValueError`` in media loading with a 400)."""
+    """A media URL the policy refuses (vLLM answers a ``ValueError`` in media loading with a
+    400)."""
 
 
 def _address_refused(address: str) -> bool:
@@ -84,9 +85,9 @@ def check_host(host: str | None, *, resolve: bool = True) -> None:
     refused = [a for a in addresses if _address_refused(a)]
     if refused:
         raise MediaURLRefused(
-            f"media URL host {host!r} is a loopback, link-local, private or otherwise non-public address "
-            f"({refused[0]}); this server fetches only public addresses (an operator can allow others "
-            "with --allow-private-media-urls)"
+            f"media URL host {host!r} is a loopback, link-local, private or otherwise non-public "
+            f"address ({refused[0]}); this server fetches only public addresses (an operator can "
+            "allow others with --allow-private-media-urls)"
         )
 
 
@@ -101,8 +102,9 @@ class _PublicOnlyResolver(aiohttp.abc.AbstractResolver):
         for result in results:
             if _address_refused(result["host"]):
                 raise MediaURLRefused(
-                    f"media URL host {host!r} resolves to a non-public address ({result['host']}); this "
-                    "server fetches only public addresses (--allow-private-media-urls allows others)"
+                    f"media URL host {host!r} resolves to a non-public address "
+                    f"({result['host']}); this server fetches only public addresses "
+                    "(--allow-private-media-urls allows others)"
                 )
         return results
 

@@ -188,7 +188,8 @@ class PruningMiddleware:
             )
         except RequestRefused as exc:
             return await _send_json(send, 400, bad_request(exc.field, exc.message).model_dump())
-        # allow_nan: NaN in a non-pruning field is vLLM's to judge (its parser reads it), not a 500 here.
+        # allow_nan: NaN in a non-pruning field is vLLM's to judge (its parser reads it), not a 500
+        # here.
         forwarded = json.dumps(
             decision.body, ensure_ascii=False, allow_nan=True, separators=(",", ":")
         ).encode()

@@ -132,8 +132,8 @@ def _check_media_io_kwargs(path: str, value: Any, settings: MiprunerSettings) ->
         ("allowed on this server: " + ", ".join(sorted(allowed)))
         if allowed
         else (
-            "this server accepts none (media_io_kwargs changes how media is decoded, and so the cost); "
-            "an operator can allow keys with --allowed-media-io-kwargs modality.key"
+            "this server accepts none (media_io_kwargs changes how media is decoded, and so the "
+            "cost); an operator can allow keys with --allowed-media-io-kwargs modality.key"
         )
     )
     if not isinstance(value, dict):

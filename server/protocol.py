@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from mipruner_vllm.params import REQUEST_FIELDS, RequestFields
 
-#: The request fields' model (generated from ``config.PRUNING_PARAMETERS``), kept under its old name.
+#: The request fields' model (generated from ``config.PRUNING_PARAMETERS``), kept under its old
+#: name.
 PruningRequestFields = RequestFields
 
 
@@ -27,7 +28,9 @@ class PruningUsage(BaseModel):
         description="Visual tokens of the request's media items before pruning (sum of N_V).",
     )
     visual_tokens_kept: int = Field(
-        description="Visual tokens kept and sent to the LLM (sum of N_keep); included in prompt_tokens.",
+        description=(
+            "Visual tokens kept and sent to the LLM (sum of N_keep); included in prompt_tokens."
+        ),
     )
 
 
@@ -76,8 +79,9 @@ OPENAPI_NOTE = (
     "\n\n**MI-Pruner.** Optional top-level fields "
     + ", ".join(f"`{f}`" for f in REQUEST_FIELDS)
     + " set this "
-    "request's visual-token budget (schema `MIPrunerRequestFields`); unset fields take the server defaults. "
-    "A bad value is a 400 naming the field. `usage` gains `visual_tokens` (before pruning) and "
+    "request's visual-token budget (schema `MIPrunerRequestFields`); unset fields take the server "
+    "defaults. A bad value is a 400 naming the field. `usage` gains `visual_tokens` (before "
+    "pruning) and "
     "`visual_tokens_kept` (schema `MIPrunerUsage`), also in the final usage chunk of a stream."
 )
 

@@ -180,7 +180,8 @@ def with_pruning_fields(request: Mapping[str, Any], fields: Mapping[str, Any]) -
 
 
 class PruningClient:
-    """``client`` with ``fields`` on every ``chat.completions.create``; other attributes pass through."""
+    """``client`` with ``fields`` on every ``chat.completions.create``; other attributes pass
+    through."""
 
     def __init__(
         self, client: Any, fields: Mapping[str, Any], tally: UsageTally | None = None

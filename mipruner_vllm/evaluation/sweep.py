@@ -869,8 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracy = "-" if row.accuracy is None else f"{row.accuracy:.4f}"
         kept = "-" if row.kept_fraction is None else f"{row.kept_fraction:.3f}"
         print(
-            f"[{number}/{len(jobs)}] {row.status:<7} {row.dataset} {row.setting}: accuracy {accuracy}, "
-            f"kept {kept}, failed {row.requests_failed}/{row.items}"
+            f"[{number}/{len(jobs)}] {row.status:<7} {row.dataset} {row.setting}: "
+            f"accuracy {accuracy}, kept {kept}, failed {row.requests_failed}/{row.items}"
             + (f" ({row.error[:200]})" if row.error else ""),
             flush=True,
         )

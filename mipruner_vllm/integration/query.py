@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The query text T of each media item (the query policy of docs/plugin.md, "What the selection sees"), taken from the prompt's token ids.
+"""The query text T of each media item (the query policy of docs/plugin.md, "What the selection
+sees"), taken from the prompt's token ids.
 
 Policy, identical offline (``LLM.generate`` / ``LLM.chat``) and online (OpenAI server), because
 both reach the multimodal processor with the same templated prompt token ids:
@@ -36,7 +37,8 @@ _MARK_RE = re.compile(r"\x00\d+\x00")
 _USER_TURN_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"<\|im_start\|>user\n(.*?)(?=<\|im_end\|>|<\|im_start\|>|$)", re.S),
     re.compile(
-        r"<\|start_header_id\|>user<\|end_header_id\|>\n*(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|$)",
+        r"<\|start_header_id\|>user<\|end_header_id\|>\n*(.*?)"
+        r"(?=<\|eot_id\|>|<\|start_header_id\|>|$)",
         re.S,
     ),
     re.compile(r"\[INST\](.*?)(?=\[/INST\]|$)", re.S),

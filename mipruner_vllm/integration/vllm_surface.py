@@ -377,7 +377,7 @@ SURFACE: tuple[VllmName, ...] = (
             "CPU or GPU: which arming applies, and the device of the selection",
             "vllm.platforms:current_platform",
         ),
-        # --- server (mipruner-vllm serve) ----------------------------------------------------------
+        # --- server (mipruner-vllm serve) ---------------------------------------------------------
         _n(
             "FlexibleArgumentParser",
             "import",
@@ -422,7 +422,8 @@ SURFACE: tuple[VllmName, ...] = (
             "BaseRenderer._process_multimodal",
             "patch",
             "runs the processor; our replacement of "
-            "_process_multimodal_async calls it in a copy of the request's context (server/hooks.py)",
+            "_process_multimodal_async calls it in a copy of the request's context "
+            "(server/hooks.py)",
             "vllm.renderers.base:BaseRenderer._process_multimodal",
         ),
         _n(
@@ -457,7 +458,7 @@ SURFACE: tuple[VllmName, ...] = (
             "died, so a restart policy restarts it",
             "vllm.engine.protocol:EngineClient.errored",
         ),
-        # --- the media-URL policy (server/media.py), through vLLM's media connector registry -------
+        # --- the media-URL policy (server/media.py), through vLLM's media connector registry ------
         _n(
             "MEDIA_CONNECTOR_REGISTRY",
             "import",
@@ -571,7 +572,8 @@ SURFACE: tuple[VllmName, ...] = (
                 f"{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
                 "private-call",
                 "the stock input parsing, so encoding equals stock",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration"
+                "._parse_and_validate_multimodal_inputs",
                 params=("self", "**kwargs"),
             ),
             _n(
@@ -633,7 +635,8 @@ SURFACE: tuple[VllmName, ...] = (
                 f"{stem}ForConditionalGeneration._parse_and_validate_image_input",
                 "private-call",
                 "the stock input parsing",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_image_input",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration"
+                "._parse_and_validate_image_input",
                 params=("self", "**kwargs"),
             ),
             _n(

@@ -24,8 +24,8 @@ On the Triton path each item goes to the first rule that applies:
 3. otherwise the kernels: all such items of one (dtype, hidden size, device) in one packed
    launch per phase, lambda = 1 and lambda < 1 items together.
 
-Items of rule 1 need no scoring and are labelled ``"none"``, on either path. The result equals the torch
-reference item by item (up to fp32 rounding on near-ties). This module imports triton only
+Items of rule 1 need no scoring and are labelled ``"none"``, on either path. The result equals
+the torch reference item by item (up to fp32 rounding on near-ties). This module imports triton only
 inside the Triton path, so the torch path works where triton is missing; it imports nothing
 from :mod:`mipruner_vllm.pruning.select`, which calls it.
 """

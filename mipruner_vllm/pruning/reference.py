@@ -312,7 +312,8 @@ def greedy_repmax(candidates: torch.Tensor, k: int) -> torch.Tensor:
 def select_trimtokenator(
     visual: torch.Tensor, text: torch.Tensor, k: int, stage1_keep: int
 ) -> torch.Tensor:
-    """TrimTokenator: L2 alignment keeps ``max(stage1_keep, k)`` tokens, Greedy RepMax keeps ``k``."""
+    """TrimTokenator: L2 alignment keeps ``max(stage1_keep, k)`` tokens, Greedy RepMax keeps
+    ``k``."""
     n = visual.shape[0]
     if text.shape[0] == 0:
         return uniform_stride(n, k, visual.device)

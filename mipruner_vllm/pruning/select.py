@@ -24,7 +24,8 @@ __all__ = ["Selection", "select_batch", "select_reference", "select_tokens", "se
 
 
 def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | None = None) -> None:
-    """Reject bad shapes, dtypes and devices, naming the argument (and the item); see check_finite."""
+    """Reject bad shapes, dtypes and devices, naming the argument (and the item); see
+    check_finite."""
     where = "" if item is None else f"[{item}]"
     for name, x in (("visual", visual), ("text", text)):
         if not isinstance(x, torch.Tensor):
@@ -41,7 +42,8 @@ def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | No
         )
     if text.shape[0] > 0 and text.shape[1] != visual.shape[1]:
         raise PruningInputError(
-            f"text{where} hidden size {text.shape[1]} does not match visual hidden size {visual.shape[1]}"
+            f"text{where} hidden size {text.shape[1]} does not match visual hidden size "
+            f"{visual.shape[1]}"
         )
     if text.shape[0] > 0 and text.device != visual.device:
         raise PruningInputError(

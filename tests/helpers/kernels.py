@@ -33,8 +33,9 @@ def assert_close_verbose(
         where = bad.nonzero().flatten()[:8].tolist()
         diff = (actual - expected).abs().max().item()
         raise AssertionError(
-            f"{int(bad.sum())}/{bad.numel()} elements differ (max abs diff {diff:.3g}, atol {atol}, "
-            f"rtol {rtol}); first at {where}: {actual[where].tolist()} vs {expected[where].tolist()}"
+            f"{int(bad.sum())}/{bad.numel()} elements differ (max abs diff {diff:.3g}, "
+            f"atol {atol}, rtol {rtol}); first at {where}: {actual[where].tolist()} "
+            f"vs {expected[where].tolist()}"
         )
 
 

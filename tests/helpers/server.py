@@ -134,7 +134,8 @@ def image_data_url(seed: int = 0, size: tuple[int, int] = IMAGE_SIZE) -> str:
 
 
 def video_data_url(frames: int = 4, side: int = 112, seed: int = 0) -> str:
-    """A deterministic ``frames``-frame, 2 fps MP4 as a data URL (written with OpenCV, no network)."""
+    """A deterministic ``frames``-frame, 2 fps MP4 as a data URL (written with OpenCV, no
+    network)."""
     import tempfile
 
     import cv2
@@ -175,7 +176,8 @@ def chat_body(**fields) -> dict:
 
 
 def scrape(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """``/metrics`` parsed with prometheus_client's parser: (sample name, sorted labels) -> value."""
+    """``/metrics`` parsed with prometheus_client's parser: (sample name, sorted labels) ->
+    value."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(base_url + "/metrics", timeout=30).text
@@ -247,7 +249,8 @@ def _dechunk(data: bytes) -> bytes:
 def post_raw(
     base_url: str, path: str, body: bytes, headers: list[tuple[str, str]]
 ) -> tuple[int, bytes]:
-    """``POST path`` with exactly these headers (duplicates kept, in order) and ``Connection: close``."""
+    """``POST path`` with exactly these headers (duplicates kept, in order) and
+    ``Connection: close``."""
     host = base_url.removeprefix("http://")
     lines = [
         f"POST {path} HTTP/1.1",

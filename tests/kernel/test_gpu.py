@@ -46,7 +46,8 @@ SCORE_TOL = (2e-3, 1e-3)
 # (N_V, d, N_T, keep ratio) of real models: LLaVA-1.5-7B, Qwen2.5-VL-7B image / large image /
 # video, Qwen2-VL-2B, and a long question on a wide model; tiny stand-ins for the dry run.
 FULL_SHAPES = [(576, 4096, 64, 0.25), (1024, 3584, 32, 0.5), (4096, 3584, 256, 0.25),
-               (16384, 3584, 128, 0.25), (1024, 1536, 16, 0.5), (1000, 8192, 1024, 0.25)]  # fmt: skip
+               (16384, 3584, 128, 0.25), (1024, 1536, 16, 0.5),
+               (1000, 8192, 1024, 0.25)]  # fmt: skip
 TINY_SHAPES = [(48, 32, 5, 0.25), (130, 40, 70, 0.5)]
 SHAPES = FULL_SHAPES if ON_CUDA else TINY_SHAPES
 
@@ -164,7 +165,8 @@ def test_dispatcher_reports_triton_on_cuda(device):
     visuals = [_randn(n, dim, torch.bfloat16, device, g) for n in sizes]
     texts = [_randn(n, dim, torch.bfloat16, device, g) for n in (20, 5, 0, 7)]
     params = [resolve_params(keep_ratio=0.25), resolve_params(keep_ratio=0.25, mi_lambda=0.5),
-              resolve_params(keep_ratio=0.25), resolve_params(keep_ratio=0.25, method="divprune")]  # fmt: skip
+              resolve_params(keep_ratio=0.25),
+              resolve_params(keep_ratio=0.25, method="divprune")]  # fmt: skip
     backend = "auto" if ON_CUDA else "triton"  # the interpreter only runs when forced
     selection = select_batch(visuals, texts, params, backend=backend)
     assert selection.backends == ["triton", "triton", "none", "torch"]

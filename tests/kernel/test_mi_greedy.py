@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Parity of the greedy lambda < 1 kernel (mipruner_vllm.kernels.mi_greedy) with the torch oracle."""
+"""Parity of the greedy lambda < 1 kernel (mipruner_vllm.kernels.mi_greedy) with the torch
+oracle."""
 
 from __future__ import annotations
 

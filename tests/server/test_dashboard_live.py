@@ -111,7 +111,8 @@ def _chat(client, messages=None, **extra_body):
 
 
 def send_mixed_traffic(client) -> None:
-    """Several methods and budgets, unpruned requests, a stream and a follow-up on the same image."""
+    """Several methods and budgets, unpruned requests, a stream and a follow-up on the same
+    image."""
     for extra in (
         {"keep_ratio": 0.25},
         {"keep_ratio": 0.5, "mi_lambda": 0.5},

@@ -31,7 +31,8 @@ REJECTED = "keep_ratio=0.25,mi_tau=5000"
 
 
 def documented_commands(block: str) -> list[str]:
-    """The commands of the docs' block marked ``<!-- tested: tests/server/test_eval_sweep.py (block) -->``."""
+    """The commands of the docs' block marked
+    ``<!-- tested: tests/server/test_eval_sweep.py (block) -->``."""
     text = DOCS.read_text()
     marker = re.escape(f"<!-- tested: tests/server/test_eval_sweep.py ({block}) -->")
     match = re.search(marker + r"\s*```bash\n(.*?)```", text, re.S)
@@ -191,8 +192,8 @@ def _has_lmms_eval(python: str) -> bool:
 def test_lmms_eval_model_and_sweep_through_lmms_eval(sweep):
     if not _has_lmms_eval(LMMS_EVAL_PYTHON):
         pytest.skip(
-            "lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too heavy); "
-            "set MIPRUNER_TEST_LMMS_EVAL_PYTHON to a Python that has it"
+            "lmms-eval is not installed (optional extra mipruner-vllm[eval]; not in CI: too "
+            "heavy); set MIPRUNER_TEST_LMMS_EVAL_PYTHON to a Python that has it"
         )
     work, server = sweep["work"], sweep["server"]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}

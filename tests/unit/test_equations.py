@@ -78,7 +78,8 @@ def test_eq18_self_pmi_minmax_column_by_hand():
 
 
 def test_eq20_eq22_eq24_greedy_steps_by_hand():
-    # lambda = 0.5, k = 2. Step 1: S_self = 0, scores 0.5 * S_cross = [c, c, 0]/2 -> v1 (tie: lower).
+    # lambda = 0.5, k = 2. Step 1: S_self = 0, scores 0.5 * S_cross = [c, c, 0]/2 -> v1
+    # (tie: lower).
     # Step 2: S_self_i = PMI(v_i; v1); score_i = 0.5 c_i - 0.5 S_self_i.
     c = math.log(2 * SIG)
     s_self_v2 = 0.0 - math.log(1 + math.e + math.exp(A)) + math.log(3)

@@ -91,7 +91,9 @@ def _tool_request(**overrides) -> dict:
                     {"type": "image_url", "image_url": {"url": IMAGE}},
                     {
                         "type": "text",
-                        "text": "Is there a dog?\nAnswer the question using a single word or phrase.",
+                        "text": (
+                            "Is there a dog?\nAnswer the question using a single word or phrase."
+                        ),
                     },
                 ],
             }

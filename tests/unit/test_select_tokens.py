@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``select_tokens`` / ``select_tokens_batch``: agreement with Algorithm 1 and the output contract."""
+"""``select_tokens`` / ``select_tokens_batch``: agreement with Algorithm 1 and the output
+contract."""
 
 from __future__ import annotations
 

@@ -217,7 +217,8 @@ def h(
 
 
 def n_visual_of(h: Harness, req_kwargs: dict[str, Any], base_len: int, make: Any) -> int:
-    """N_V of the request built by ``make(**kwargs)``: base length minus the keep_tokens=1 length, +1."""
+    """N_V of the request built by ``make(**kwargs)``: base length minus the keep_tokens=1
+    length, +1."""
     one = h.run([make(keep_tokens=1)], max_tokens=1)[0]
     return base_len - len(one.prompt_token_ids) + 1
 
