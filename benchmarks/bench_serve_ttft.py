@@ -232,7 +232,8 @@ def followup(client, model: str, args: argparse.Namespace, server_version: str) 
         )
         rows.append(row)
         print(
-            f"{row.server:<6} keep_ratio {row.keep_ratio:<5} first {first:.2f} s  follow-up p50 {follow:.3f} s "
+            f"{row.server:<6} keep_ratio {row.keep_ratio:<5} first {first:.2f} s  "
+            f"follow-up p50 {follow:.3f} s "
             f"({row.followup_over_first:.3f}x)  load {row.load_avg_start} -> {row.load_avg_end}",
             flush=True,
         )

@@ -108,7 +108,8 @@ PRUNING_PARAMETERS: tuple[Parameter, ...] = (
         gt=0.0,
         le=1.0,
         description="Fraction of each media item's visual tokens to keep: the item keeps "
-        "clamp(ceil(keep_ratio * N_V), 1, N_V) tokens; 1.0 keeps all (no pruning). Exclusive with keep_tokens.",
+        "clamp(ceil(keep_ratio * N_V), 1, N_V) tokens; 1.0 keeps all (no pruning). "
+        "Exclusive with keep_tokens.",
     ),
     Parameter(
         "keep_tokens",
@@ -118,8 +119,8 @@ PRUNING_PARAMETERS: tuple[Parameter, ...] = (
         ge=1,
         le=KEEP_TOKENS_MAX,
         optional=True,
-        description="Absolute budget per media item: keeps min(keep_tokens, N_V) tokens; when set it "
-        "replaces keep_ratio. Exclusive with keep_ratio.",
+        description="Absolute budget per media item: keeps min(keep_tokens, N_V) tokens; "
+        "when set it replaces keep_ratio. Exclusive with keep_ratio.",
     ),
     Parameter(
         "method",
@@ -195,7 +196,8 @@ def _settings_fields() -> dict[str, Any]:
     }
 
 
-#: The settings fields of :data:`PRUNING_PARAMETERS`, generated so a range or default is written once.
+#: The settings fields of :data:`PRUNING_PARAMETERS`, generated so a range or default is
+#: written once.
 _PruningDefaults: type[BaseSettings] = create_model(  # type: ignore[call-overload]
     "_PruningDefaults", __base__=BaseSettings, **_settings_fields()
 )
@@ -208,45 +210,50 @@ class MiprunerSettings(_PruningDefaults):
 
     backend: Backend = Field(
         "auto",
-        description="Selection backend: auto (Triton on CUDA tensors, torch otherwise), torch or triton.",
+        description="Selection backend: auto (Triton on CUDA tensors, torch otherwise), "
+        "torch or triton.",
     )
     skip_version_check: bool = Field(
         False, description="Load the vLLM plugin outside the supported vLLM range."
     )
     debug_dir: str | None = Field(
         None,
-        description="If set, vLLM workers append one JSON line per pruned media item (kept indices, "
-        "query token ids, parameters) to <debug_dir>/selections.jsonl; for tests and debugging only.",
+        description="If set, vLLM workers append one JSON line per pruned media item "
+        "(kept indices, query token ids, parameters) to <debug_dir>/selections.jsonl; "
+        "for tests and debugging only.",
     )
     encoder_store_bytes: int = Field(
         1 << 30,
         ge=0,
-        description="Byte budget of each worker's store of unpruned encoder outputs, keyed by media "
-        "content, so a new question about a stored image skips the vision tower; LRU; 0 disables it.",
+        description="Byte budget of each worker's store of unpruned encoder outputs, keyed "
+        "by media content, so a new question about a stored image skips the vision tower; "
+        "LRU; 0 disables it.",
     )
     encoder_store_device: Literal["cpu", "device"] = Field(
         "cpu",
-        description="Where stored encoder outputs live: cpu (host memory, pinned on CUDA; the default) "
-        "or device (the model's accelerator, outside vLLM's memory profile).",
+        description="Where stored encoder outputs live: cpu (host memory, pinned on CUDA; "
+        "the default) or device (the model's accelerator, outside vLLM's memory profile).",
     )
     encoder_tower_tokens: int | None = Field(
         None,
         ge=1,
-        description="Most unpruned visual tokens one vision-tower call may carry; unset: what vLLM's "
-        "encoder memory profile covered (the safe bound; a larger value can run out of memory).",
+        description="Most unpruned visual tokens one vision-tower call may carry; unset: "
+        "what vLLM's encoder memory profile covered (the safe bound; a larger value can run "
+        "out of memory).",
     )
 
     # -- request policy of the server (docs/security.md) ---------------------------------------
     allowed_media_io_kwargs: list[str] = Field(
         default_factory=list,
-        description="Client media_io_kwargs keys the server accepts, as modality.key (video.num_frames); "
-        "every other key is refused (media_io_kwargs changes decoding and so the cost of a request).",
+        description="Client media_io_kwargs keys the server accepts, as modality.key "
+        "(video.num_frames); every other key is refused (media_io_kwargs changes decoding "
+        "and so the cost of a request).",
     )
     trust_media_uuids: bool = Field(
         False,
-        description="Accept client-chosen media uuids (vLLM uses them as cache keys instead of the media "
-        "content). Off by default: on a shared server a uuid would let one client be answered from, or "
-        "poison, another client's image.",
+        description="Accept client-chosen media uuids (vLLM uses them as cache keys instead "
+        "of the media content). Off by default: on a shared server a uuid would let one "
+        "client be answered from, or poison, another client's image.",
     )
     allow_private_media_urls: bool = Field(
         False,

@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Keep-ratio buckets: the common budgets (1/8, 1/4, 1/2...) fall exactly on a bucket edge.
 KEEP_RATIO_BUCKETS = (0.05, 0.1, 0.125, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
-#: Selection latency buckets, per encoder batch: ~50 us (small item, Triton) to seconds (CPU, video).
+#: Selection latency buckets, per encoder batch: ~50 us (small item, Triton) to seconds
+#: (CPU, video).
 SELECTION_BUCKETS = (
     0.00005,
     0.0001,

@@ -8,7 +8,8 @@ architecture override, trusted per-request kwargs, the CPU worker, position-reco
 ``mipruner-vllm serve`` is a small supervisor (:func:`supervise`, no vLLM import) around the
 server process (:func:`serve`): it forwards stop signals, cleans up whatever the server leaves
 behind (engine processes, the metrics directory) and exits with the server's status, which is
-:data:`ENGINE_DIED_STATUS` (3) when vLLM's engine died. The server process does, in this order (the order matters):
+:data:`ENGINE_DIED_STATUS` (3) when vLLM's engine died. The server process does, in this order
+(the order matters):
 
 1. process environment, before anything imports prometheus_client or starts a vLLM process:
    a fresh ``PROMETHEUS_MULTIPROC_DIR`` (worker metrics reach ``/metrics`` only through it) and,
@@ -51,24 +52,27 @@ DEMO_SERVED_NAME = "mipruner-demo"
 REAL_MODEL_HINT = "mipruner-vllm serve --model Qwen/Qwen2.5-VL-7B-Instruct"
 
 #: Server flags of settings that are not pruning parameters: flag -> (settings field, type, help).
-#: The pruning parameters' flags are derived from ``config.PRUNING_PARAMETERS`` (``--keep-ratio``...).
+#: The pruning parameters' flags are derived from ``config.PRUNING_PARAMETERS``
+#: (``--keep-ratio``...).
 SERVER_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--pruning-backend": ("backend", str, "Selection backend: auto, torch or triton."),
     "--allowed-media-io-kwargs": (
         "allowed_media_io_kwargs",
         "list",
-        "Comma-separated client media_io_kwargs keys to accept, as modality.key (video.num_frames). "
-        "Default: none (every client media_io_kwargs key is refused).",
+        "Comma-separated client media_io_kwargs keys to accept, as modality.key "
+        "(video.num_frames). Default: none (every client media_io_kwargs key is refused).",
     ),
     "--trust-media-uuids": (
         "trust_media_uuids",
         bool,
-        "Accept client media uuids as cache keys (off: a request carrying one gets a 400; see docs/security.md).",
+        "Accept client media uuids as cache keys (off: a request carrying one gets a 400; "
+        "see docs/security.md).",
     ),
     "--allow-private-media-urls": (
         "allow_private_media_urls",
         bool,
-        "Let the server fetch media URLs on loopback, link-local and private addresses (off by default).",
+        "Let the server fetch media URLs on loopback, link-local and private addresses "
+        "(off by default).",
     ),
     "--encoder-store-bytes": (
         "encoder_store_bytes",
@@ -239,9 +243,9 @@ def use_demo_model(args: argparse.Namespace, argv: list[str]) -> None:
         # torch.compile of a 2-layer model buys nothing and costs ~30 s of start-up on CPU.
         args.enforce_eager = True
     logger.warning(
-        "No --model given: serving the embedded demo checkpoint '%s' (%s, %s, random weights, built "
-        "locally at %s). Its answers are meaningless; it exists so the endpoint, pruning and metrics "
-        "work offline. Serve a real model with: %s",
+        "No --model given: serving the embedded demo checkpoint '%s' (%s, %s, random weights, "
+        "built locally at %s). Its answers are meaningless; it exists so the endpoint, pruning "
+        "and metrics work offline. Serve a real model with: %s",
         args.served_model_name[0],
         DEMO_ARCH,
         DEMO_SIZE,

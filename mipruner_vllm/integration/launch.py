@@ -53,13 +53,27 @@ PRUNING_ARCHITECTURES: dict[str, str] = {
 
 #: Pruning-aware name -> lazy ``module:Class`` reference for ``ModelRegistry.register_model``.
 MODEL_CLASSES: dict[str, str] = {
-    "MIPrunerQwen2VLForConditionalGeneration": "mipruner_vllm.integration.models.qwen2_vl:MIPrunerQwen2VLForConditionalGeneration",
-    "MIPrunerQwen2_5_VLForConditionalGeneration": "mipruner_vllm.integration.models.qwen2_5_vl:MIPrunerQwen2_5_VLForConditionalGeneration",
-    "MIPrunerQwen3VLForConditionalGeneration": "mipruner_vllm.integration.models.qwen3_vl:MIPrunerQwen3VLForConditionalGeneration",
-    "MIPrunerQwen3_5ForConditionalGeneration": "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5ForConditionalGeneration",
-    "MIPrunerQwen3_5MoeForConditionalGeneration": "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5MoeForConditionalGeneration",
-    "MIPrunerLlavaForConditionalGeneration": "mipruner_vllm.integration.models.llava:MIPrunerLlavaForConditionalGeneration",
-    "MIPrunerLlavaNextForConditionalGeneration": "mipruner_vllm.integration.models.llava_next:MIPrunerLlavaNextForConditionalGeneration",
+    "MIPrunerQwen2VLForConditionalGeneration": (
+        "mipruner_vllm.integration.models.qwen2_vl:MIPrunerQwen2VLForConditionalGeneration"
+    ),
+    "MIPrunerQwen2_5_VLForConditionalGeneration": (
+        "mipruner_vllm.integration.models.qwen2_5_vl:MIPrunerQwen2_5_VLForConditionalGeneration"
+    ),
+    "MIPrunerQwen3VLForConditionalGeneration": (
+        "mipruner_vllm.integration.models.qwen3_vl:MIPrunerQwen3VLForConditionalGeneration"
+    ),
+    "MIPrunerQwen3_5ForConditionalGeneration": (
+        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5ForConditionalGeneration"
+    ),
+    "MIPrunerQwen3_5MoeForConditionalGeneration": (
+        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5MoeForConditionalGeneration"
+    ),
+    "MIPrunerLlavaForConditionalGeneration": (
+        "mipruner_vllm.integration.models.llava:MIPrunerLlavaForConditionalGeneration"
+    ),
+    "MIPrunerLlavaNextForConditionalGeneration": (
+        "mipruner_vllm.integration.models.llava_next:MIPrunerLlavaNextForConditionalGeneration"
+    ),
 }
 
 #: Pruning-aware architectures that use M-RoPE and so need the runner's position recompute.
@@ -184,7 +198,8 @@ def check_armed(vllm_config: Any, arch: str) -> bool:
         return True
     raise LaunchConfigurationError(
         f"{arch} needs vLLM's M-RoPE recompute armed: pass video_pruning_rate="
-        f"{GPU_ARMING_VIDEO_PRUNING_RATE} (CLI: --video-pruning-rate {GPU_ARMING_VIDEO_PRUNING_RATE}); "
+        f"{GPU_ARMING_VIDEO_PRUNING_RATE} "
+        f"(CLI: --video-pruning-rate {GPU_ARMING_VIDEO_PRUNING_RATE}); "
         "the value only arms the runner, MI-Pruner replaces vLLM's own video pruning; see "
         "mipruner_vllm.integration.launch.engine_overrides()"
     )

@@ -301,7 +301,7 @@ class MIPrunerProcessorMixin:
             )
         return config
 
-    # -- placeholders --------------------------------------------------------------------------------
+    # -- placeholders ------------------------------------------------------------------------------
 
     def _get_prompt_updates(
         self, mm_items: Any, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs: Any
@@ -360,7 +360,7 @@ class MIPrunerProcessorMixin:
                             record_item(modality, content.n_visual, content.n_kept, method)
         return result
 
-    # -- family hooks ----------------------------------------------------------------------------------
+    # -- family hooks ------------------------------------------------------------------------------
 
     def _mipruner_media_tokens(self) -> dict[int, str]:
         """Unexpanded placeholder token id -> modality, as they appear in the templated prompt."""

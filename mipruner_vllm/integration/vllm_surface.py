@@ -677,7 +677,8 @@ SURFACE: tuple[VllmName, ...] = (
             "BaseMultiModalProcessor._get_mm_hashes",
             "override",
             "a pruned item's hash is its stock "
-            "content hash plus the parameters and its own question; the content hash keys the store",
+            "content hash plus the parameters and its own question; "
+            "the content hash keys the store",
             f"{_PROCESSOR}._get_mm_hashes",
             params=("self", "inputs"),
         ),

@@ -595,7 +595,8 @@ class MIPrunerModelMixin:
         texts: list[torch.Tensor],
         params: list[Any],
     ) -> tuple[Selection, list[str | None]]:
-        """The batched selection, with a deterministic fallback for any item that cannot be selected.
+        """The batched selection, with a deterministic fallback for any item that cannot be
+        selected.
 
         An exception inside ``embed_multimodal`` kills vLLM's engine, so no data problem may
         raise here. The whole batch is tried at once (the fast path, no extra sync); if that
@@ -610,7 +611,8 @@ class MIPrunerModelMixin:
         except Exception as exc:  # the slow path below finds the items responsible
             batch_error = exc
         flags = torch.stack(
-            [torch.isfinite(v).all() & (torch.isfinite(t).all() if t.numel() else v.new_ones((), dtype=torch.bool))
+            [torch.isfinite(v).all()
+             & (torch.isfinite(t).all() if t.numel() else v.new_ones((), dtype=torch.bool))
              for v, t in zip(visuals, texts, strict=True)]
         ).tolist()  # fmt: skip
         selections: list[torch.Tensor] = []
@@ -669,7 +671,8 @@ class MIPrunerModelMixin:
             per_frame, rest = divmod(visual.shape[0], n_frames)
             if rest:
                 raise ValueError(
-                    f"mipruner: {visual.shape[0]} visual rows do not split into {n_frames} equal frames"
+                    f"mipruner: {visual.shape[0]} visual rows do not split into "
+                    f"{n_frames} equal frames"
                 )
             budgets = item_params.n_keep_per_frame(n_frames, per_frame)
             for frame, budget in enumerate(budgets):

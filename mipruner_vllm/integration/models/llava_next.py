@@ -102,7 +102,8 @@ class LlavaNextModelMixin(LlavaModelMixin):
                 rest = emb.shape[0] - base
                 if rows <= 0 or rest % rows:
                     raise RuntimeError(
-                        f"mipruner: unexpected LLaVA-NeXT layout ({emb.shape[0]} rows, {rows} newlines)"
+                        f"mipruner: unexpected LLaVA-NeXT layout "
+                        f"({emb.shape[0]} rows, {rows} newlines)"
                     )
                 fixed = torch.zeros(emb.shape[0], dtype=torch.bool)
                 fixed[base + rest // rows - 1 :: rest // rows] = True
