@@ -2,10 +2,6 @@
 """Every panel of the Grafana dashboard shows data: mixed traffic through the official ``openai``
 client to a real server, scraped by a real Prometheus, then each panel query (template variables
 substituted as Grafana does) evaluated through Prometheus's HTTP API.
-
-A panel whose series this tree does not define yet (``AWAITED_METRICS``, the encoder store's, which
-another branch adds; the same list as tests/unit/test_deploy.py) is reported, not required; once
-``mipruner_vllm.metrics`` defines those series the panel is required like every other.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ import re
 import shutil
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import httpx
@@ -29,12 +24,6 @@ DASHBOARD = (
     Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "mipruner.json"
 )
 PROMETHEUS = shutil.which("prometheus")
-AWAITED_METRICS = {
-    "mipruner_encoder_store_hits_total",
-    "mipruner_encoder_store_misses_total",
-    "mipruner_encoder_store_evictions_total",
-    "mipruner_encoder_store_bytes",
-}
 SCRAPE_INTERVAL_S = 1
 #: Grafana's range variables, as on a dashboard showing the last 10 minutes.
 GRAFANA_RANGE = {"$__range": "10m", "$__rate_interval": "1m", "$__interval": "15s"}
@@ -203,21 +192,14 @@ def test_every_dashboard_panel_shows_data(server, client, prometheus):
         values["$" + variable["name"]] = MODEL
 
     defined = _defined_metrics()
-    empty, awaited = [], []
+    empty = []
     for name, expr in _panel_queries():
         for var, value in {**values, **GRAFANA_RANGE}.items():
             expr = expr.replace(var, value)
         missing = set(re.findall(r"\bmipruner_[a-z_]+", expr)) - defined
-        if missing:
-            assert missing <= AWAITED_METRICS, f"{name} queries undefined series {sorted(missing)}"
-            awaited.append(f"{name} (awaits {', '.join(sorted(missing))})")
-            continue
+        assert not missing, f"{name} queries undefined series {sorted(missing)}"
         result = prometheus.query(expr, at)
         finite = [float(r["value"][1]) for r in result if math.isfinite(float(r["value"][1]))]
         if not finite:
             empty.append(f"{name}: {expr} -> {result}")
     assert not empty, "dashboard panels without data:\n" + "\n".join(empty)
-    if awaited:
-        warnings.warn(
-            "panels not checked until their series exist: " + "; ".join(awaited), stacklevel=1
-        )

@@ -62,13 +62,8 @@ class QwenModelMixin(MIPrunerModelMixin):
     mipruner_modalities = ("image", "video")
 
     def __init__(self, *, vllm_config: Any, prefix: str | None = None) -> None:
-        # vLLM requires these two named parameters; an unset prefix keeps the stock default.
-        kwargs = (
-            {"vllm_config": vllm_config}
-            if prefix is None
-            else {"vllm_config": vllm_config, "prefix": prefix}
-        )
-        super().__init__(**kwargs)  # type: ignore[call-arg]
+        # MIPrunerModelMixin.__init__ passes an unset prefix on as the stock default.
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.mipruner_positions_armed = check_armed(vllm_config, type(self).__name__)
         disable_stock_video_pruning(self)
 
