@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,3 +262,46 @@ def post_raw(
     ]
     lines += [f"{name}: {value}" for name, value in headers]
     return raw_http(base_url, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+
+class CountingImageServer:
+    """A loopback HTTP server that serves a PNG and counts the requests it got."""
+
+    def __init__(self) -> None:
+        png = base64.b64decode(image_data_url().split(",", 1)[1])
+        hits = self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def url_chat_body(url: str) -> dict:
+    """A chat body whose one image is the media URL ``url``."""
+    return chat_body(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ]
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_helpers import N_VISUAL, image_messages, sample, scrape, total
+from helpers.server import N_VISUAL, image_messages, sample, scrape, total
 
 from mipruner_vllm.params import n_keep
 

@@ -8,10 +8,8 @@ the request away: duplicated headers, huge integers, deep JSON, closing a connec
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 import time
 
 import httpx
@@ -19,6 +17,7 @@ import pytest
 from helpers.server import (
     MODEL,
     N_VISUAL,
+    CountingImageServer,
     chat_body,
     image_data_url,
     image_messages,
@@ -27,6 +26,7 @@ from helpers.server import (
     scrape,
     selections,
     total,
+    url_chat_body,
 )
 
 pytestmark = pytest.mark.server
@@ -234,62 +234,18 @@ def test_client_media_uuid_is_refused_saying_why(http):
 # -- 5. media URLs ---------------------------------------------------------------------------------
 
 
-class _CountingServer:
-    """A loopback HTTP server that serves a PNG and counts the requests it got."""
-
-    def __init__(self) -> None:
-        import base64
-
-        png = base64.b64decode(image_data_url().split(",", 1)[1])
-        hits = self.hits = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                hits.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(png)))
-                self.end_headers()
-                self.wfile.write(png)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture()
 def local_image_server():
-    server = _CountingServer()
+    server = CountingImageServer()
     yield server
     server.close()
-
-
-def _url_body(url: str) -> dict:
-    return chat_body(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": url}},
-                    {"type": "text", "text": "What is this?"},
-                ],
-            }
-        ]
-    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1"])
 def test_private_and_loopback_media_urls_are_not_fetched(http, local_image_server, host):
     started = time.monotonic()
     response = http.post(
-        "/v1/chat/completions", json=_url_body(f"http://{host}:{local_image_server.port}/a.png")
+        "/v1/chat/completions", json=url_chat_body(f"http://{host}:{local_image_server.port}/a.png")
     )
     assert 400 <= response.status_code < 500, response.text
     assert local_image_server.hits == []

@@ -13,8 +13,7 @@ import time
 import httpx
 import psutil
 import pytest
-from helpers.server import MODEL, chat_body, start_server
-from test_hardening import _CountingServer, _url_body
+from helpers.server import MODEL, CountingImageServer, chat_body, start_server, url_chat_body
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 OWN_SERVER = True  # conftest orders this module last: it stops the shared server
@@ -97,13 +96,13 @@ def test_private_urls_when_allowed_fetch_timeout_and_sigterm_cleanup(fresh):
     server = fresh(
         "--allow-private-media-urls", name="private-urls", env={"VLLM_IMAGE_FETCH_TIMEOUT": "2"}
     )
-    images = _CountingServer()
+    images = CountingImageServer()
     stalled, port = _stalled_server()
     try:
         with httpx.Client(base_url=server.base_url, timeout=180) as http:
             # The operator allowed private addresses: a loopback image is fetched and served.
             response = http.post(
-                "/v1/chat/completions", json=_url_body(f"http://127.0.0.1:{images.port}/a.png")
+                "/v1/chat/completions", json=url_chat_body(f"http://127.0.0.1:{images.port}/a.png")
             )
             assert response.status_code == 200, response.text
             assert images.hits == ["/a.png"]
@@ -111,7 +110,7 @@ def test_private_urls_when_allowed_fetch_timeout_and_sigterm_cleanup(fresh):
             # (vLLM's own retries would take 2 + 8 + 32 s plus back-off).
             started = time.monotonic()
             response = http.post(
-                "/v1/chat/completions", json=_url_body(f"http://127.0.0.1:{port}/stall.png")
+                "/v1/chat/completions", json=url_chat_body(f"http://127.0.0.1:{port}/stall.png")
             )
             elapsed = time.monotonic() - started
             assert 400 <= response.status_code < 600 and response.status_code != 200

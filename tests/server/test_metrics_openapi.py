@@ -10,7 +10,16 @@ import time
 
 import httpx
 import pytest
-from helpers.server import MODEL, N_VISUAL, chat_body, free_port, sample, scrape, total
+from helpers.server import (
+    MODEL,
+    N_VISUAL,
+    chat_body,
+    free_port,
+    image_data_url,
+    sample,
+    scrape,
+    total,
+)
 
 from mipruner_vllm.config import KEEP_TOKENS_MAX, SEED_MAX
 from mipruner_vllm.params import REQUEST_FIELDS, n_keep
@@ -83,7 +92,7 @@ def test_selection_latency_and_backend_come_from_the_worker(server, http):
                 "content": [
                     {
                         "type": "image_url",
-                        "image_url": {"url": __import__("server_helpers").image_data_url(seed=99)},
+                        "image_url": {"url": image_data_url(seed=99)},
                     },
                     {"type": "text", "text": f"Fresh question {time.time_ns()}?"},
                 ],
