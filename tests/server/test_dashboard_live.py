@@ -88,10 +88,10 @@ def prometheus(server, tmp_path_factory):
         process.wait(timeout=30)
 
 
-def _chat(client, messages=None, **extra_body):
+def _chat(client, messages, **extra_body):
     response = client.chat.completions.create(
         model=MODEL,
-        messages=messages or image_messages(),
+        messages=messages,
         max_tokens=2,
         temperature=0.0,
         extra_body=extra_body or None,
@@ -99,10 +99,14 @@ def _chat(client, messages=None, **extra_body):
     return response.usage
 
 
-def send_mixed_traffic(client) -> None:
-    """Several methods and budgets, unpruned requests, a stream and a follow-up on the same
-    image."""
-    for extra in (
+def send_mixed_traffic(client, wave: int) -> None:
+    """Several methods and budgets, unpruned requests, a stream and follow-ups on one image.
+
+    Every wave uses images of its own: a request repeated exactly is served from vLLM's caches
+    and runs no selection, so the worker-side series would not move in the second wave.
+    """
+    seed = 1000 + 100 * wave
+    budgets = (
         {"keep_ratio": 0.25},
         {"keep_ratio": 0.5, "mi_lambda": 0.5},
         {"keep_tokens": 3},
@@ -110,15 +114,16 @@ def send_mixed_traffic(client) -> None:
         {"keep_ratio": 0.5, "pruning_method": "similarity"},
         {"keep_ratio": 0.25, "pruning_method": "random"},
         {"keep_ratio": 0.25, "pruning_method": "divprune"},
-    ):
-        usage = _chat(client, **extra)
+    )
+    for i, extra in enumerate(budgets):
+        usage = _chat(client, image_messages(seed=seed + i), **extra)
         assert usage.visual_tokens == N_VISUAL and usage.visual_tokens_kept < N_VISUAL, extra
-    for unpruned in ({"keep_ratio": 1.0}, {"pruning_method": "none"}):
-        usage = _chat(client, **unpruned)
+    for i, unpruned in enumerate(({"keep_ratio": 1.0}, {"pruning_method": "none"})):
+        usage = _chat(client, image_messages(seed=seed + 10 + i), **unpruned)
         assert usage.visual_tokens_kept == N_VISUAL, unpruned
     stream = client.chat.completions.create(
         model=MODEL,
-        messages=image_messages(seed=7),
+        messages=image_messages(seed=seed + 20),
         max_tokens=3,
         temperature=0.0,
         stream=True,
@@ -127,9 +132,13 @@ def send_mixed_traffic(client) -> None:
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.visual_tokens_kept == 4
-    # A follow-up question on the image of the first turn: the same media item again.
-    first = image_messages("What is in this picture?", seed=3)
+    # Follow-up questions on one image: the unpruned encoder output comes from the store.
+    first = image_messages("What is in this picture?", seed=seed + 30)
     _chat(client, first, keep_ratio=0.25)
+    usage = _chat(
+        client, image_messages("Which colour is on the left?", seed=seed + 30), keep_ratio=0.25
+    )
+    assert usage.visual_tokens == N_VISUAL and usage.visual_tokens_kept == 4
     follow_up = [
         *first,
         {"role": "assistant", "content": "A pattern."},
@@ -174,8 +183,8 @@ def test_every_dashboard_panel_shows_data(server, client, prometheus):
     dashboard = json.loads(DASHBOARD.read_text())
     saved = f'sum(mipruner_visual_tokens_saved_total{{model="{MODEL}"}})'
     # Two waves, each scraped: a counter's first sample carries no rate, its next increase does.
-    for _ in range(2):
-        send_mixed_traffic(client)
+    for wave in range(2):
+        send_mixed_traffic(client, wave)
         expected = total(scrape(server.base_url), "mipruner_visual_tokens_saved_total", model=MODEL)
         _wait_until_scraped(prometheus, saved, expected)
         time.sleep(3 * SCRAPE_INTERVAL_S)
