@@ -297,7 +297,7 @@ def test_abandoned_request_is_not_counted(server):
     before = scrape(server.base_url)
     body = json.dumps(
         chat_body(
-            messages=_fresh_messages("abandoned"), keep_ratio=0.25, max_tokens=400, ignore_eos=True
+            messages=_fresh_messages("abandoned"), keep_ratio=0.25, max_tokens=2000, ignore_eos=True
         )
     ).encode()
     host, port = server.base_url.removeprefix("http://").split(":")
@@ -306,7 +306,14 @@ def test_abandoned_request_is_not_counted(server):
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
-        time.sleep(1.0)  # the request is running; the client goes away
+        # The client goes away while the request runs: no byte of the answer within 1 s (a
+        # non-streamed answer is sent whole, so a byte here means it finished or failed first).
+        sock.settimeout(1.0)
+        try:
+            early = sock.recv(1)
+        except TimeoutError:
+            early = b""
+        assert not early, "the request ended before the client left; make it longer"
     time.sleep(1)
     _idle(server.base_url)
     after = scrape(server.base_url)
