@@ -129,6 +129,12 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
+def model_label(model: str) -> str:
+    """The model as recorded: a served checkpoint path is reduced to its directory name, so rows
+    carry no machine paths (serve with --served-model-name for a label of your own)."""
+    return Path(model).name if Path(model).is_absolute() else model
+
+
 def one_request(
     client,
     model: str,
@@ -212,7 +218,7 @@ def followup(client, model: str, args: argparse.Namespace, server_version: str) 
         row = FollowupRow(
             benchmark="serve_followup_ttft",
             server="stock" if keep_ratio is None else "plugin",
-            model=model,
+            model=model_label(model),
             image_size=args.size,
             keep_ratio=1.0 if keep_ratio is None else keep_ratio,
             rounds=args.repeats,
@@ -301,7 +307,7 @@ def main() -> None:
         ttfts = [r["ttft"] for r in runs]
         row = ServeRow(
             benchmark="serve_ttft",
-            model=model,
+            model=model_label(model),
             image_size=args.size,
             keep_ratio=keep_ratio,
             requests=len(runs),

@@ -542,7 +542,7 @@ SURFACE: tuple[VllmName, ...] = (
     )
     + tuple(
         name
-        for module, stem in _FAMILIES.items()
+        for module, stem in (*_FAMILIES.items(), ("llava", "Llava"), ("llava_next", "LlavaNext"))
         for name in (
             _n(
                 f"{stem}ForConditionalGeneration",
@@ -563,6 +563,19 @@ SURFACE: tuple[VllmName, ...] = (
                 f"{_MODELS}.{module}:{stem}ProcessingInfo",
             ),
             _n(
+                f"{stem}ForConditionalGeneration._process_image_input",
+                "private-call",
+                "the stock vision tower + projector for images",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
+                params=("self", "image_input"),
+            ),
+        )
+    )
+    + tuple(
+        name
+        for module, stem in _FAMILIES.items()
+        for name in (
+            _n(
                 f"{stem}DummyInputsBuilder",
                 "import",
                 "profiling inputs, unchanged",
@@ -572,16 +585,8 @@ SURFACE: tuple[VllmName, ...] = (
                 f"{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
                 "private-call",
                 "the stock input parsing, so encoding equals stock",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration"
-                "._parse_and_validate_multimodal_inputs",
+                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_multimodal_inputs",
                 params=("self", "**kwargs"),
-            ),
-            _n(
-                f"{stem}ForConditionalGeneration._process_image_input",
-                "private-call",
-                "the stock vision tower + projector for images",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
-                params=("self", "image_input"),
             ),
             _n(
                 f"{stem}ForConditionalGeneration._process_video_input",
@@ -610,43 +615,14 @@ SURFACE: tuple[VllmName, ...] = (
         for module, stem in (("qwen2_vl", "Qwen2VL"), ("qwen2_5_vl", "Qwen2_5_VL"))
     )
     + tuple(
-        name
-        for module, stem in (("llava", "Llava"), ("llava_next", "LlavaNext"))
-        for name in (
-            _n(
-                f"{stem}ForConditionalGeneration",
-                "subclass",
-                "the pruning-aware model class",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration",
-            ),
-            _n(
-                f"{stem}MultiModalProcessor",
-                "subclass",
-                "the pruning-aware processor",
-                f"{_MODELS}.{module}:{stem}MultiModalProcessor",
-            ),
-            _n(
-                f"{stem}ProcessingInfo",
-                "subclass",
-                "the pruning-aware processing info",
-                f"{_MODELS}.{module}:{stem}ProcessingInfo",
-            ),
-            _n(
-                f"{stem}ForConditionalGeneration._parse_and_validate_image_input",
-                "private-call",
-                "the stock input parsing",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration"
-                "._parse_and_validate_image_input",
-                params=("self", "**kwargs"),
-            ),
-            _n(
-                f"{stem}ForConditionalGeneration._process_image_input",
-                "private-call",
-                "the stock vision tower + projector",
-                f"{_MODELS}.{module}:{stem}ForConditionalGeneration._process_image_input",
-                params=("self", "image_input"),
-            ),
+        _n(
+            f"{stem}ForConditionalGeneration._parse_and_validate_image_input",
+            "private-call",
+            "the stock input parsing",
+            f"{_MODELS}.{module}:{stem}ForConditionalGeneration._parse_and_validate_image_input",
+            params=("self", "**kwargs"),
         )
+        for module, stem in (("llava", "Llava"), ("llava_next", "LlavaNext"))
     )
     + (
         _n(
