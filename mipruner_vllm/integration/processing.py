@@ -89,6 +89,20 @@ class PrunedPlaceholder(PromptUpdateDetails):
     method: str = "none"
 
 
+def _cache_missing(
+    per_item: Mapping[str, list[Any]], mm_is_cached: Mapping[str, Sequence[bool]]
+) -> dict:
+    """The per-item values of the items the processor cache does not hold, per modality."""
+    return {
+        m: [
+            v
+            for v, cached in zip(values, mm_is_cached.get(m, [False] * len(values)), strict=True)
+            if not cached
+        ]
+        for m, values in per_item.items()
+    }
+
+
 class MIPrunerInfoMixin:
     """Processing-info mixin: pruning keys never reach a Hugging Face processor (each new value
     would load another processor, and unknown kwargs could reach its ``__call__``).
@@ -228,31 +242,12 @@ class MIPrunerProcessorMixin:
         if content is not None:
             kwargs[CONTENT_KWARG] = {
                 **content,
-                "store": {
-                    m: [
-                        key
-                        for key, cached in zip(
-                            keys, mm_is_cached.get(m, [False] * len(keys)), strict=True
-                        )
-                        if not cached
-                    ]
-                    for m, keys in content["store"].items()
-                },
+                "store": _cache_missing(content["store"], mm_is_cached),
             }
         if spec is None:
             kwargs.pop(PRUNING_KWARG, None)
             return kwargs
-        text = {
-            m: [
-                ids
-                for ids, cached in zip(
-                    items, mm_is_cached.get(m, [False] * len(items)), strict=True
-                )
-                if not cached
-            ]
-            for m, items in spec["text"].items()
-        }
-        kwargs[PRUNING_KWARG] = {**spec, "text": text}
+        kwargs[PRUNING_KWARG] = {**spec, "text": _cache_missing(spec["text"], mm_is_cached)}
         return kwargs
 
     # -- per-item fields ---------------------------------------------------------------------------
