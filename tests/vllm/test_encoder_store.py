@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.media import decoded_video
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -50,16 +51,7 @@ def image(seed: int, side: int = SIDE) -> Any:
 
 
 def video(seed: int, frames: int = 4) -> Any:
-    array = np.random.default_rng(seed).integers(0, 256, (frames, SIDE, SIDE, 3), dtype=np.uint8)
-    metadata = {
-        "total_num_frames": frames,
-        "fps": 2.0,
-        "duration": frames / 2.0,
-        "video_backend": "opencv",
-        "frames_indices": list(range(frames)),
-        "do_sample_frames": False,
-    }
-    return (array, metadata)
+    return decoded_video(seed, frames, SIDE)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.media import decoded_video
 
 from mipruner_vllm.params import PruningParams, n_keep
 
@@ -66,19 +67,8 @@ def image(size: tuple[int, int], seed: int = 0) -> Any:
 
 
 def video(arch: str, frames: int = 4, seed: int = 7) -> Any:
-    """Decoded frames plus the metadata vLLM's video loader would attach (2 fps, no sampling)."""
-    side = 128 if arch in QWEN3_VISION else 112
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 256, (frames, side, side, 3), dtype=np.uint8)
-    metadata = {
-        "total_num_frames": frames,
-        "fps": 2.0,
-        "duration": frames / 2.0,
-        "video_backend": "opencv",
-        "frames_indices": list(range(frames)),
-        "do_sample_frames": False,
-    }
-    return (array, metadata)
+    """A pre-decoded video at the family's test image side."""
+    return decoded_video(seed, frames, 128 if arch in QWEN3_VISION else 112)
 
 
 @dataclass
