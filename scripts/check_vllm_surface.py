@@ -7,10 +7,12 @@
     python scripts/check_vllm_surface.py --installed             # the vLLM in this environment
 
 For each release it reads the wheel's Python sources (``pip download --no-deps vllm==X``, about
-330 MB each, kept in ``--download-dir``), checks every name in
-``mipruner_vllm.integration.vllm_surface.SURFACE`` (present, and overridden methods with the same
-parameters), and prints a Markdown table: one row per release, then the names that resolved to
-another location than the newest one (what moved). Exit status 1 if any release has a problem.
+240-340 MB each, kept in ``--download-dir``), checks every name of
+``mipruner_vllm.integration.vllm_surface.SURFACE`` that the release needs (present, and overridden
+methods with the same parameters; release-aware entries only on their releases, per-release
+locations only on theirs), and prints a Markdown table: one row per release, then where each
+name with more than one location resolved on each release (what moved). Exit status 1 if any
+release has a problem.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mipruner_vllm.integration.vllm_surface import SURFACE, VllmName, VllmSource, check
+from mipruner_vllm.integration.vllm_surface import (
+    SURFACE,
+    VllmSource,
+    check,
+    resolved_location,
+)
+from mipruner_vllm.integration.vllm_surface.releases import needed_on
 
 
 def wheel_for(version: str, download_dir: Path) -> Path:
@@ -47,15 +55,6 @@ def wheel_for(version: str, download_dir: Path) -> Path:
     return found[0]
 
 
-def resolved_location(source: VllmSource, name: VllmName) -> str | None:
-    for location in name.locations:
-        if not check(
-            source, [VllmName("probe", name.use, "", (location,), name.params, name.params_prefix)]
-        ):
-            return location
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,30 +68,32 @@ def main() -> int:
     if not args.releases and not args.installed:
         parser.error("give at least one release or --installed")
 
-    sources = []
+    sources: list[tuple[str, VllmSource]] = []
     if args.installed:
-        sources.append(VllmSource.installed())
-        sources[0].version += " (installed)"
+        installed = VllmSource.installed()
+        sources.append((f"{installed.version} (installed)", installed))
     for release in args.releases:
         path = Path(release)
         if not path.is_file():
             args.download_dir.mkdir(parents=True, exist_ok=True)
             path = wheel_for(release, args.download_dir)
-        sources.append(VllmSource.wheel(path))
+        wheel = VllmSource.wheel(path)
+        sources.append((wheel.version, wheel))
 
     failed = False
-    print("| vLLM | names checked | problems |\n|---|---|---|")
+    print("| vLLM | names it needs (of declared) | problems |\n|---|---|---|")
     moved: list[str] = []
-    for source in sources:
+    for label, source in sources:
         problems = check(source)
         failed |= bool(problems)
-        print(f"| {source.version} | {len(SURFACE)} | {len(problems) or 'none'} |")
+        needs = sum(needed_on(name, source.version) for name in SURFACE)
+        print(f"| {label} | {needs} (of {len(SURFACE)}) | {len(problems) or 'none'} |")
         for problem in problems:
             print(f"|   | | {problem} |")
         for name in SURFACE:
-            if len(name.locations) > 1:
+            if len(name.locations) > 1 and needed_on(name, source.version):
                 where = resolved_location(source, name)
-                moved.append(f"- vllm {source.version}: `{name.key}` from `{where}`")
+                moved.append(f"- vllm {label}: `{name.key}` from `{where}`")
     if moved:
         print("\nNames with more than one location (resolved per release):")
         print("\n".join(moved))

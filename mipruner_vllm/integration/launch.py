@@ -16,12 +16,13 @@ Three things arm the plugin (see ``docs/plugin.md``):
 2. ``--trust-request-mm-kwargs`` (server only): vLLM rejects per-request ``mm_processor_kwargs``
    without it. Offline ``LLM.generate/chat`` has no such gate.
 3. For the M-RoPE models (Qwen family) the runner must call the model's
-   ``recompute_mrope_positions``. vLLM arms that only when ``video_pruning_rate > 0`` on GPU,
-   and never on CPU (its CPU runner forgets to), so on CPU the plugin ships a worker class that
-   arms it (``worker_cls``, vLLM's own knob), and on GPU we pass a positive
-   ``video_pruning_rate``. The MIPruner models switch vLLM's own video pruning (EVS) off
-   (:func:`disable_stock_video_pruning`), so the rate only arms the runner and a video is never
-   pruned twice.
+   ``recompute_mrope_positions``. Every V2 runner (the GPU default; from vLLM 0.34 the only
+   runner, on CPU too) and the V1 GPU runner arm that when ``video_pruning_rate > 0``, so we
+   pass a positive rate; the V1 CPU runner of vLLM <= 0.33 never arms it, so there the plugin
+   ships a worker class that does (``worker_cls``, vLLM's own knob). :func:`arming` picks one
+   from what the installed vLLM offers. The MIPruner models switch vLLM's own video pruning
+   (EVS) off (:func:`disable_stock_video_pruning`), so the rate only arms the runner and a video
+   is never pruned twice.
 
 A mis-launched engine fails at start-up (:func:`check_armed`, from the model's constructor)
 with the flags to add, not on the first pruned request.
@@ -37,64 +38,38 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mipruner_vllm.errors import MiprunerError
+from mipruner_vllm.families import FAMILIES
 
 logger = logging.getLogger(__name__)
 
 #: Stock vLLM architecture name -> the pruning-aware name the plugin registers.
 PRUNING_ARCHITECTURES: dict[str, str] = {
-    "Qwen2VLForConditionalGeneration": "MIPrunerQwen2VLForConditionalGeneration",
-    "Qwen2_5_VLForConditionalGeneration": "MIPrunerQwen2_5_VLForConditionalGeneration",
-    "Qwen3VLForConditionalGeneration": "MIPrunerQwen3VLForConditionalGeneration",
-    "Qwen3_5ForConditionalGeneration": "MIPrunerQwen3_5ForConditionalGeneration",
-    "Qwen3_5MoeForConditionalGeneration": "MIPrunerQwen3_5MoeForConditionalGeneration",
-    "LlavaForConditionalGeneration": "MIPrunerLlavaForConditionalGeneration",
-    "LlavaNextForConditionalGeneration": "MIPrunerLlavaNextForConditionalGeneration",
+    family.architecture: family.pruning_architecture for family in FAMILIES.values()
 }
 
 #: Pruning-aware name -> lazy ``module:Class`` reference for ``ModelRegistry.register_model``.
 MODEL_CLASSES: dict[str, str] = {
-    "MIPrunerQwen2VLForConditionalGeneration": (
-        "mipruner_vllm.integration.models.qwen2_vl:MIPrunerQwen2VLForConditionalGeneration"
-    ),
-    "MIPrunerQwen2_5_VLForConditionalGeneration": (
-        "mipruner_vllm.integration.models.qwen2_5_vl:MIPrunerQwen2_5_VLForConditionalGeneration"
-    ),
-    "MIPrunerQwen3VLForConditionalGeneration": (
-        "mipruner_vllm.integration.models.qwen3_vl:MIPrunerQwen3VLForConditionalGeneration"
-    ),
-    "MIPrunerQwen3_5ForConditionalGeneration": (
-        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5ForConditionalGeneration"
-    ),
-    "MIPrunerQwen3_5MoeForConditionalGeneration": (
-        "mipruner_vllm.integration.models.qwen3_5:MIPrunerQwen3_5MoeForConditionalGeneration"
-    ),
-    "MIPrunerLlavaForConditionalGeneration": (
-        "mipruner_vllm.integration.models.llava:MIPrunerLlavaForConditionalGeneration"
-    ),
-    "MIPrunerLlavaNextForConditionalGeneration": (
-        "mipruner_vllm.integration.models.llava_next:MIPrunerLlavaNextForConditionalGeneration"
-    ),
+    family.pruning_architecture: family.model_class for family in FAMILIES.values()
 }
 
 #: Pruning-aware architectures that use M-RoPE and so need the runner's position recompute.
 MROPE_ARCHITECTURES: frozenset[str] = frozenset(
-    {
-        "MIPrunerQwen2VLForConditionalGeneration",
-        "MIPrunerQwen2_5_VLForConditionalGeneration",
-        "MIPrunerQwen3VLForConditionalGeneration",
-        "MIPrunerQwen3_5ForConditionalGeneration",
-        "MIPrunerQwen3_5MoeForConditionalGeneration",
-    }
+    family.pruning_architecture for family in FAMILIES.values() if family.mrope
 )
 
-#: The CPU worker that arms ``recompute_mrope_positions`` (vLLM's CPU runner never does).
+#: The CPU worker that arms ``recompute_mrope_positions`` on the V1 CPU runner (vLLM <= 0.33),
+#: which never does it itself.
 CPU_WORKER_CLS = "mipruner_vllm.integration.launch.MIPrunerCPUWorker"
 
-#: Any value in (0, 1) arms vLLM's GPU runners (V1 and V2) for position recompute. The MIPruner
-#: models never apply vLLM's own video pruning (EVS), so the value has no other effect.
+#: Any value in (0, 1) arms every V2 runner (GPU, and 0.34's CPU runner) and the V1 GPU runner
+#: for position recompute. The MIPruner models never apply vLLM's own video pruning (EVS), so
+#: the value has no other effect.
 GPU_ARMING_VIDEO_PRUNING_RATE = 0.5
 
 Device = Literal["cpu", "cuda"]
+
+#: How the runner is armed: the plugin's worker class (V1 CPU runner) or vLLM's own flag.
+Arming = Literal["worker_cls", "video_pruning_rate"]
 
 
 def _architectures(model: str | Path | Sequence[str]) -> list[str]:
@@ -144,15 +119,35 @@ def engine_overrides(
     (M-RoPE models only).
     """
     archs = pruning_architectures(model)
-    if device is None and any(a in MROPE_ARCHITECTURES for a in archs):
-        device = platform_device()
     kwargs: dict[str, Any] = {"hf_overrides": {"architectures": archs}}
     if any(a in MROPE_ARCHITECTURES for a in archs):
-        if device == "cpu":
+        if arming(device or platform_device()) == "worker_cls":
             kwargs["worker_cls"] = CPU_WORKER_CLS
         else:
             kwargs["video_pruning_rate"] = GPU_ARMING_VIDEO_PRUNING_RATE
     return kwargs
+
+
+def arming(device: Device) -> Arming:
+    """How an engine on ``device`` is armed, from what the installed vLLM offers.
+
+    Up to vLLM 0.33 the CPU platform builds the V1 CPU runner, which never arms the recompute:
+    the plugin's worker class does. Every other runner (V1 and V2 on GPU; 0.34's CPU runner,
+    a V2 runner) arms it when ``video_pruning_rate > 0``. On GPU this needs no vLLM import.
+    """
+    if device == "cpu":
+        from mipruner_vllm.integration.vllm_surface import needed
+
+        if needed("CPUWorker"):
+            return "worker_cls"
+    return "video_pruning_rate"
+
+
+def uses_v1_runner(vllm_config: Any) -> bool:
+    """Whether the engine builds a V1 model runner (vLLM <= 0.33 with V2 off; 0.34 has no V1)."""
+    from mipruner_vllm.integration.vllm_surface import needed
+
+    return needed("VllmConfig.use_v2_model_runner") and not vllm_config.use_v2_model_runner
 
 
 def server_cli_args(model: str | Path | Sequence[str], device: Device | None = None) -> list[str]:
@@ -177,20 +172,22 @@ class LaunchConfigurationError(MiprunerError, RuntimeError):
 def check_armed(vllm_config: Any, arch: str) -> bool:
     """Whether the runner will call ``recompute_mrope_positions``; raises with the fix if not.
 
-    Called from the M-RoPE models' constructors: vLLM's GPU runners (V1 and V2) arm the
-    recompute when ``video_pruning_rate > 0``; its CPU runner never does, which
+    Called from the M-RoPE models' constructors, when the runner kind is known: vLLM's GPU
+    runners (V1 and V2) and every V2 CPU runner arm the recompute when
+    ``video_pruning_rate > 0``; the V1 CPU runner (vLLM <= 0.33) never does, which
     :class:`MIPrunerCPUWorker` fixes.
     """
     from mipruner_vllm.integration.vllm_surface import resolve
 
-    if resolve("current_platform").is_cpu():
+    if resolve("current_platform").is_cpu() and uses_v1_runner(vllm_config):
         worker = vllm_config.parallel_config.worker_cls
         if isinstance(worker, str):
             worker = resolve("resolve_obj_by_qualname")(worker)
         if isinstance(worker, type) and issubclass(worker, _cpu_worker_class()):
             return True
         raise LaunchConfigurationError(
-            f"{arch} on CPU needs the plugin's worker class to keep M-RoPE positions of pruned "
+            f"{arch} on vLLM's V1 CPU runner needs the plugin's worker class to keep M-RoPE "
+            "positions of pruned "
             f"tokens: pass worker_cls={CPU_WORKER_CLS!r} (CLI: --worker-cls {CPU_WORKER_CLS}); "
             "see mipruner_vllm.integration.launch.engine_overrides()"
         )
@@ -215,7 +212,7 @@ def disable_stock_video_pruning(model: Any) -> None:
 
 
 def arm_position_recompute(model_runner: Any) -> bool:
-    """Set the runner's pruning flag for an MI-Pruner M-RoPE model; True if armed."""
+    """Set the V1 runner's pruning flag for an MI-Pruner M-RoPE model; True if armed."""
     from mipruner_vllm.integration.vllm_surface import resolve
 
     model = model_runner.get_model()
@@ -232,13 +229,13 @@ def arm_position_recompute(model_runner: Any) -> bool:
 
 @functools.cache
 def _cpu_worker_class() -> type:
-    """vLLM's CPU worker, arming the position recompute once the model is loaded.
+    """vLLM's CPU worker, arming the V1 runner's position recompute once the model is loaded.
 
-    Why a worker class: vLLM's GPU model runner sets ``is_multimodal_pruning_enabled`` in
-    ``load_model``; the CPU runner overrides ``load_model`` and never does, so pruned M-RoPE items
-    would keep wrong positions. ``--worker-cls`` is vLLM's supported knob for this (the CPU
-    platform only fills it when it is ``"auto"``), so no vLLM code is patched. Built on first
-    access so that importing this module does not import vLLM.
+    Why a worker class: vLLM's V1 GPU model runner sets ``is_multimodal_pruning_enabled`` in
+    ``load_model``; the V1 CPU runner (vLLM <= 0.33) overrides ``load_model`` and never does, so
+    pruned M-RoPE items would keep wrong positions. ``--worker-cls`` is vLLM's supported knob for
+    this (the CPU platform only fills it when it is ``"auto"``), so no vLLM code is patched.
+    Built on first access so that importing this module does not import vLLM.
     """
     from mipruner_vllm.integration.vllm_surface import resolve
 
@@ -246,7 +243,10 @@ def _cpu_worker_class() -> type:
 
     def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
         base.load_model(self, *args, **kwargs)
-        arm_position_recompute(self.model_runner)
+        # A V2 runner (VLLM_USE_V2_MODEL_RUNNER=1) arms itself from video_pruning_rate, which
+        # check_armed() has already required; its runner has no V1 flag to set.
+        if uses_v1_runner(self.vllm_config):
+            arm_position_recompute(self.model_runner)
 
     return type("MIPrunerCPUWorker", (base,), {"load_model": load_model, "__module__": __name__})
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mipruner_vllm.errors import UnsupportedVllmError
+from mipruner_vllm.families import FAMILIES
 from mipruner_vllm.integration import vllm_surface
 from mipruner_vllm.integration.vllm_surface import (
     SURFACE,
@@ -18,7 +19,9 @@ from mipruner_vllm.integration.vllm_surface import (
     VllmName,
     VllmSource,
     check,
+    releases,
 )
+from mipruner_vllm.integration.vllm_surface.declaration import _n
 
 pytestmark = pytest.mark.unit
 
@@ -126,22 +129,20 @@ def test_a_removed_override_target_fails_the_load_time_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files = dict(FAKE_VLLM, **{"vllm/proc.py": "class Base:\n    pass\n"})
-    monkeypatch.setattr(vllm_surface, "installed_vllm_version", lambda: "0.32.5")
+    monkeypatch.setattr(releases, "installed_vllm_version", lambda: "0.32.5")
     declared = [name("vllm.proc:Base.hook", params=("self", "mm_items", "hf_kwargs"))]
     assert vllm_surface.check_installed(source=fake_source(), names=declared) == "0.32.5"
     with pytest.raises(UnsupportedVllmError, match=r"vllm==0\.32\.5(.|\n)*vllm\.proc:Base\.hook"):
         vllm_surface.check_installed(source=fake_source(files, "0.32.5"), names=declared)
 
 
-def test_version_range_names_both_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_version_range_names_every_supported_release(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = vllm_surface.supported_vllm_range()
-    assert vllm_surface.is_supported("0.32.0+cpu", spec) and vllm_surface.is_supported(
-        "0.33.0", spec
-    )
-    assert not vllm_surface.is_supported("0.31.9", spec) and not vllm_surface.is_supported(
-        "0.34.0", spec
-    )
-    monkeypatch.setattr(vllm_surface, "installed_vllm_version", lambda: "0.40.1")
+    for version in ("0.32.0+cpu", "0.33.0", "0.34.0", "0.34.2"):
+        assert vllm_surface.is_supported(version, spec), version
+    assert not vllm_surface.is_supported("0.31.9", spec)
+    assert not vllm_surface.is_supported("0.35.0", spec)
+    monkeypatch.setattr(releases, "installed_vllm_version", lambda: "0.40.1")
     with pytest.raises(UnsupportedVllmError, match=r"vllm==0\.40\.1") as err:
         vllm_surface.check_installed()
     assert spec in str(err.value) and "MIPRUNER_SKIP_VERSION_CHECK" in str(err.value)
@@ -154,6 +155,133 @@ def test_pyproject_extra_matches_the_fallback_range() -> None:
         "optional-dependencies"
     ]
     assert f"vllm{vllm_surface.FALLBACK_VLLM_RANGE}" in [r.replace(" ", "") for r in extras["vllm"]]
+
+
+# --- release-aware entries --------------------------------------------------------------------
+
+V1_ONLY = _n("v1", "attribute", "test", "vllm.proc:Base.flag", releases="<0.34")
+MOVED = _n(
+    "moved",
+    "import",
+    "test",
+    ("vllm.new_home:moved", ">=0.33"),
+    ("vllm.old_home:moved", "<0.33"),
+)
+WITHOUT_BASE = dict(FAKE_VLLM, **{"vllm/proc.py": "class Other:\n    pass\n"})
+WITH_OLD_HOME = dict(FAKE_VLLM, **{"vllm/old_home.py": "def moved(): ..."})
+
+
+@pytest.mark.parametrize(
+    ("files", "version", "problem"),
+    [
+        (FAKE_VLLM, "0.33.2", None),
+        # Removed after its last release: fine; missing on a release that needs it: an error.
+        (WITHOUT_BASE, "0.34.0", None),
+        (WITHOUT_BASE, "0.33.0", "class vllm.proc:Base not found"),
+        (WITHOUT_BASE, "0.32.0+cpu", "class vllm.proc:Base not found"),
+    ],
+)
+def test_an_entry_is_required_only_on_its_releases(
+    files: dict[str, str], version: str, problem: str | None
+) -> None:
+    problems = check(fake_source(files, version), [V1_ONLY])
+    assert [str(p).rpartition(": ")[2] for p in problems] == ([problem] if problem else [])
+
+
+@pytest.mark.parametrize(
+    ("files", "version", "found"),
+    [
+        (FAKE_VLLM, "0.33.0", "vllm.new_home:moved"),
+        (FAKE_VLLM, "0.34.1", "vllm.new_home:moved"),
+        (WITH_OLD_HOME, "0.32.0", "vllm.old_home:moved"),
+        # The other release's location does not count, even when it is there.
+        (FAKE_VLLM, "0.32.0", None),
+        (dict(WITH_OLD_HOME, **{"vllm/new_home.py": "x = 1"}), "0.33.0", None),
+        # A source of unknown version accepts any location.
+        (FAKE_VLLM, "unknown", "vllm.new_home:moved"),
+    ],
+)
+def test_alternatives_resolve_per_release(
+    files: dict[str, str], version: str, found: str | None
+) -> None:
+    source = fake_source(files, version)
+    assert vllm_surface.resolved_location(source, MOVED) == found
+    assert bool(check(source, [MOVED])) == (found is None)
+
+
+def test_resolve_imports_the_location_of_the_installed_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``resolve`` skips a location of another release even when it imports."""
+    monkeypatch.setitem(
+        SURFACE_BY_KEY,
+        "k",
+        _n("k", "import", "t", ("vllm_fake_mod:new", ">=0.33"), ("pathlib:Path", "<0.33")),
+    )
+    releases._installed_version.cache_clear()
+    monkeypatch.setattr(releases, "installed_vllm_version", lambda: "0.32.0+cpu")
+    assert releases.resolve("k") is Path
+    releases._installed_version.cache_clear()
+    monkeypatch.setattr(releases, "installed_vllm_version", lambda: "0.34.0")
+    with pytest.raises(UnsupportedVllmError, match="vllm_fake_mod"):
+        releases.resolve("k")
+    assert releases.needed("k")
+    releases._installed_version.cache_clear()
+
+
+def test_v1_runner_names_are_scoped_to_the_releases_that_have_it() -> None:
+    """vLLM 0.34 removed Model Runner V1: what only V1 needs says so."""
+    v1 = [n for n in SURFACE if any(".gpu_model_runner:" in loc for loc in n.locations)]
+    assert v1 and all(n.releases == "<0.34" for n in v1)
+    for key in ("CPUWorker", "Worker.load_model", "VllmConfig.use_v2_model_runner"):
+        assert SURFACE_BY_KEY[key].releases == "<0.34"
+
+
+def test_every_key_and_location_is_written_literally() -> None:
+    """grep finds every declared name: no computed keys or locations in the declaration."""
+    path = ROOT / "mipruner_vllm/integration/vllm_surface/declaration.py"
+    calls = [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_n"
+    ]
+    assert len(calls) == len(SURFACE)
+    for call in calls:
+        for arg in call.args:
+            literal = arg.elts if isinstance(arg, ast.Tuple) else [arg]
+            assert all(isinstance(x, ast.Constant) for x in literal), ast.unparse(call)[:80]
+        text = path.read_text()
+        assert f'"{call.args[0].value}"' in text
+
+
+def test_docs_carry_the_declaration_table() -> None:
+    text = (ROOT / "docs" / "vllm-support.md").read_text()
+    start, end = "<!-- surface-table:start -->\n", "<!-- surface-table:end -->"
+    assert start in text and end in text
+    rendered = text.split(start, 1)[1].split(end, 1)[0]
+    assert rendered == vllm_surface.markdown_table(), (
+        "docs/vllm-support.md is stale: paste vllm_surface.markdown_table() between the markers"
+    )
+
+
+# --- the family registry ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES.values(), ids=list(FAMILIES))
+def test_every_family_is_declared_and_defined(family) -> None:
+    """Each family's stock classes are in the declaration and its module defines its class."""
+    assert SURFACE_BY_KEY[family.architecture].use == "subclass"
+    module_path = ROOT / "mipruner_vllm/integration/models" / f"{family.module}.py"
+    classes = {
+        n.name for n in ast.parse(module_path.read_text()).body if isinstance(n, ast.ClassDef)
+    }
+    assert family.pruning_architecture in classes
+
+
+def test_demo_checkpoints_cover_exactly_the_families() -> None:
+    from mipruner_vllm.demo_model.families import FAMILIES as DEMO
+
+    assert list(DEMO) == list(FAMILIES)
 
 
 def _vllm_imports(path: Path) -> list[str]:
@@ -189,7 +317,7 @@ def test_every_vllm_import_in_the_project_is_declared() -> None:
         if location != "vllm" and location not in declared
     }
     assert not undeclared, (
-        "declare these in mipruner_vllm/integration/vllm_surface.py: "
+        "declare these in mipruner_vllm/integration/vllm_surface/declaration.py: "
         + ", ".join(sorted(undeclared))
     )
 

@@ -17,6 +17,7 @@ from mipruner_vllm.integration.launch import (
     pruning_architectures,
     server_cli_args,
 )
+from mipruner_vllm.integration.vllm_surface import releases
 
 pytestmark = [pytest.mark.vllm]
 
@@ -70,10 +71,14 @@ def test_declared_parameters_agree_with_inspect() -> None:
     import importlib
     import inspect
 
+    version = vllm_surface.installed_vllm_version()
     for declared in vllm_surface.SURFACE:
-        if declared.params is None or len(declared.locations) > 1:
+        locations = releases.locations_on(declared, version)
+        if declared.params is None or len(locations) != 1:
             continue
-        module, _, qualname = declared.locations[0].partition(":")
+        if not releases.needed_on(declared, version):
+            continue
+        module, _, qualname = locations[0].partition(":")
         owner_name, _, attribute = qualname.rpartition(".")
         owner = importlib.import_module(module)
         for part in owner_name.split("."):

@@ -14,6 +14,13 @@ which tokens they see. vLLM manages the hybrid cache itself: it raises the atten
 until one block holds a recurrent-state page, and with prefix caching it keeps a state per
 block (``align`` mode), so prefix-cache hits come in whole (large) blocks.
 
+Which Qwen3.5 implementation: from vLLM 0.34 the registry maps Qwen3.5 to ``vllm.models.qwen3_5``,
+which picks NVIDIA's own modelling code (eager + breakable CUDA graphs, fused kernels) on CUDA and
+keeps ``model_executor/models/qwen3_5.py`` elsewhere. The classes below build on whichever class
+that package gives on this platform (``resolve``, per release), so the language model is stock
+vLLM's and ``keep_ratio=1`` stays stock everywhere; up to 0.33 there is only the one module.
+The processing info (the processor side) is the same module in every release.
+
 Stock vLLM's Qwen3.5 declares ``supports_multimodal_pruning`` but never sets up EVS, so its own
 video pruning under ``--video-pruning-rate`` (the plugin's GPU arming flag) is turned off here
 too, as for Qwen3-VL.
@@ -24,8 +31,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vllm.model_executor.models.qwen3_5 import (
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeForConditionalGeneration,
     Qwen3_5MoeProcessingInfo,
     Qwen3_5ProcessingInfo,
 )
@@ -37,6 +42,11 @@ from mipruner_vllm.integration.models.qwen3_vl import (
     MIPrunerQwen3VLMultiModalProcessor,
 )
 from mipruner_vllm.integration.processing import MIPrunerInfoMixin
+from mipruner_vllm.integration.vllm_surface import resolve
+
+# The implementation stock vLLM picks for this platform and release (see the module docstring).
+Qwen3_5ForConditionalGeneration = resolve("Qwen3_5ForConditionalGeneration")
+Qwen3_5MoeForConditionalGeneration = resolve("Qwen3_5MoeForConditionalGeneration")
 
 
 class MIPrunerQwen3_5ProcessingInfo(MIPrunerInfoMixin, Qwen3_5ProcessingInfo):
