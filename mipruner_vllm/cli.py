@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import typer
 
+from mipruner_vllm.families import FAMILIES
+
 app = typer.Typer(
     name="mipruner-vllm",
     help="MI-Pruner visual-token pruning for vLLM.",
@@ -31,9 +33,7 @@ def smoke() -> None:
 
 @app.command("demo-model")
 def demo_model(
-    arch: str = typer.Option(
-        ..., help="qwen2_vl | qwen2_5_vl | qwen3_vl | qwen3_5 | qwen3_5_moe | llava | llava_next"
-    ),
+    arch: str = typer.Option(..., help=" | ".join(FAMILIES)),
     out: str = typer.Option(..., help="Output directory of the checkpoint."),
     size: str = typer.Option("tiny", help="tiny (tests) | mid (realistic widths, benchmarks)"),
 ) -> None:

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The demo checkpoint families as data: one record per architecture, sizes as numbers.
 
-Adding a family is one :class:`DemoFamily` entry in :data:`FAMILIES`: its transformers classes,
-token set and chat template, the config and processor builders (:mod:`.builders`) it uses, any
-post-save fix, and a ``tiny`` and a ``mid`` :class:`DemoSize`.
+One :class:`DemoFamily` per record of the family registry (:data:`mipruner_vllm.families.FAMILIES`,
+same keys, a unit test holds them equal): its transformers classes, token set and chat template,
+the config and processor builders (:mod:`.builders`) it uses, any post-save fix, and a ``tiny``
+and a ``mid`` :class:`DemoSize`. Each kind of family has a factory (:func:`_qwen_family`,
+:func:`_qwen3_5_family`, :func:`_llava_family`), so a record is its numbers.
 
 * ``tiny`` (tests): LLM hidden 128, 4 heads of head_dim 32 (the smallest head size vLLM's CPU
   attention accepts), 2 layers, a 2-layer vision tower of width 64, and processor pixel limits
@@ -275,30 +277,46 @@ def _qwen3_5_text(size: str, moe: bool) -> dict[str, Any]:
     return text
 
 
-def _qwen3_5_family(arch: str, moe: bool) -> DemoFamily:
-    prefix = "Qwen3_5Moe" if moe else "Qwen3_5"
+def _qwen_family(
+    arch: str,
+    prefix: str,
+    tiny: DemoSize,
+    mid: DemoSize,
+    processor_class: str | None = None,
+    text_token_ids: tuple[str, ...] = ("bos", "eos", "pad"),
+) -> DemoFamily:
+    """A Qwen family: transformers' ``<prefix>Config`` / ``...ForConditionalGeneration`` /
+    ``...Processor``, the Qwen token set, chat template and builders."""
     return DemoFamily(
         arch=arch,
         config_class=f"{prefix}Config",
         model_class=f"{prefix}ForConditionalGeneration",
-        # Qwen3.5 checkpoints use Qwen3-VL's processor (and so does vLLM's Qwen3.5 model).
-        processor_class="Qwen3VLProcessor",
+        processor_class=processor_class or f"{prefix}Processor",
         tokens=QWEN_TOKENS,
         chat_template=QWEN_CHAT_TEMPLATE,
         make_config=builders.qwen_config,
         make_processor=builders.qwen_processor,
-        sizes={
-            "tiny": DemoSize(
-                text=_qwen3_5_text("tiny", moe),
-                vision=_QWEN3_TINY_VISION,
-                processor=_qwen3_processor(**_QWEN3_TINY_PIXELS),
-            ),
-            "mid": DemoSize(
-                text=_qwen3_5_text("mid", moe),
-                vision=_QWEN3_MID_VISION,
-                processor=_qwen3_processor(**_QWEN3_MID_PIXELS),
-            ),
-        },
+        sizes={"tiny": tiny, "mid": mid},
+        text_token_ids=text_token_ids,
+    )
+
+
+def _qwen3_5_family(arch: str, moe: bool) -> DemoFamily:
+    return _qwen_family(
+        arch,
+        "Qwen3_5Moe" if moe else "Qwen3_5",
+        tiny=DemoSize(
+            text=_qwen3_5_text("tiny", moe),
+            vision=_QWEN3_TINY_VISION,
+            processor=_qwen3_processor(**_QWEN3_TINY_PIXELS),
+        ),
+        mid=DemoSize(
+            text=_qwen3_5_text("mid", moe),
+            vision=_QWEN3_MID_VISION,
+            processor=_qwen3_processor(**_QWEN3_MID_PIXELS),
+        ),
+        # Qwen3.5 checkpoints use Qwen3-VL's processor (and so does vLLM's Qwen3.5 model).
+        processor_class="Qwen3VLProcessor",
     )
 
 
@@ -381,76 +399,51 @@ def _llava_family(arch: str, next_: bool) -> DemoFamily:
     )
 
 
-#: Every demo family, by the ``--arch`` name of ``mipruner-vllm demo-model``.
+#: Every demo family, by the ``--arch`` name of ``mipruner-vllm demo-model`` (the keys of
+#: :data:`mipruner_vllm.families.FAMILIES`).
 FAMILIES: Mapping[str, DemoFamily] = MappingProxyType(
     {
-        "qwen2_vl": DemoFamily(
-            arch="qwen2_vl",
-            config_class="Qwen2VLConfig",
-            model_class="Qwen2VLForConditionalGeneration",
-            processor_class="Qwen2VLProcessor",
-            tokens=QWEN_TOKENS,
-            chat_template=QWEN_CHAT_TEMPLATE,
-            make_config=builders.qwen_config,
-            make_processor=builders.qwen_processor,
-            sizes={
-                "tiny": DemoSize(
-                    text=_qwen2_text(_TINY_LLM, [4, 6, 6]),
-                    vision=dict(depth=2, embed_dim=64, num_heads=2, mlp_ratio=2, hidden_size=128),
-                    processor=_qwen2_processor(**_QWEN2_TINY_PIXELS),
-                ),
-                "mid": DemoSize(
-                    text=_qwen2_text(_MID_LLM, [16, 24, 24]),
-                    vision=dict(
-                        depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536
-                    ),
-                    processor=_qwen2_processor(**_QWEN2_MID_PIXELS),
-                ),
-            },
+        "qwen2_vl": _qwen_family(
+            "qwen2_vl",
+            "Qwen2VL",
+            tiny=DemoSize(
+                text=_qwen2_text(_TINY_LLM, [4, 6, 6]),
+                vision=dict(depth=2, embed_dim=64, num_heads=2, mlp_ratio=2, hidden_size=128),
+                processor=_qwen2_processor(**_QWEN2_TINY_PIXELS),
+            ),
+            mid=DemoSize(
+                text=_qwen2_text(_MID_LLM, [16, 24, 24]),
+                vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536),
+                processor=_qwen2_processor(**_QWEN2_MID_PIXELS),
+            ),
         ),
-        "qwen2_5_vl": DemoFamily(
-            arch="qwen2_5_vl",
-            config_class="Qwen2_5_VLConfig",
-            model_class="Qwen2_5_VLForConditionalGeneration",
-            processor_class="Qwen2_5_VLProcessor",
-            tokens=QWEN_TOKENS,
-            chat_template=QWEN_CHAT_TEMPLATE,
-            make_config=builders.qwen_config,
-            make_processor=builders.qwen_processor,
-            sizes={
-                "tiny": DemoSize(
-                    text=_qwen2_text(_TINY_LLM, [4, 6, 6]),
-                    vision=_QWEN2_5_TINY_VISION,
-                    processor=_qwen2_processor(**_QWEN2_TINY_PIXELS),
-                ),
-                "mid": DemoSize(
-                    text=_qwen2_text(_MID_LLM, [16, 24, 24]),
-                    vision=_QWEN2_5_MID_VISION,
-                    processor=_qwen2_processor(**_QWEN2_MID_PIXELS),
-                ),
-            },
+        "qwen2_5_vl": _qwen_family(
+            "qwen2_5_vl",
+            "Qwen2_5_VL",
+            tiny=DemoSize(
+                text=_qwen2_text(_TINY_LLM, [4, 6, 6]),
+                vision=_QWEN2_5_TINY_VISION,
+                processor=_qwen2_processor(**_QWEN2_TINY_PIXELS),
+            ),
+            mid=DemoSize(
+                text=_qwen2_text(_MID_LLM, [16, 24, 24]),
+                vision=_QWEN2_5_MID_VISION,
+                processor=_qwen2_processor(**_QWEN2_MID_PIXELS),
+            ),
         ),
-        "qwen3_vl": DemoFamily(
-            arch="qwen3_vl",
-            config_class="Qwen3VLConfig",
-            model_class="Qwen3VLForConditionalGeneration",
-            processor_class="Qwen3VLProcessor",
-            tokens=QWEN_TOKENS,
-            chat_template=QWEN_CHAT_TEMPLATE,
-            make_config=builders.qwen_config,
-            make_processor=builders.qwen_processor,
-            sizes={
-                "tiny": DemoSize(
-                    text=_qwen3_text(_TINY_LLM, [6, 5, 5]),
-                    vision=dict(_QWEN3_TINY_VISION, deepstack_visual_indexes=[0, 1]),
-                    processor=_qwen3_processor(**_QWEN3_TINY_PIXELS),
-                ),
-                "mid": DemoSize(
-                    text=_qwen3_text(_MID_LLM, [24, 20, 20]),
-                    vision=dict(_QWEN3_MID_VISION, deepstack_visual_indexes=[8, 16, 24]),
-                    processor=_qwen3_processor(**_QWEN3_MID_PIXELS),
-                ),
-            },
+        "qwen3_vl": _qwen_family(
+            "qwen3_vl",
+            "Qwen3VL",
+            tiny=DemoSize(
+                text=_qwen3_text(_TINY_LLM, [6, 5, 5]),
+                vision=dict(_QWEN3_TINY_VISION, deepstack_visual_indexes=[0, 1]),
+                processor=_qwen3_processor(**_QWEN3_TINY_PIXELS),
+            ),
+            mid=DemoSize(
+                text=_qwen3_text(_MID_LLM, [24, 20, 20]),
+                vision=dict(_QWEN3_MID_VISION, deepstack_visual_indexes=[8, 16, 24]),
+                processor=_qwen3_processor(**_QWEN3_MID_PIXELS),
+            ),
             # Qwen3VLTextConfig takes no bos/eos ids; vLLM reads them from the top level.
             text_token_ids=("pad",),
         ),

@@ -25,10 +25,11 @@ from mipruner_vllm.demo_model import (
 from mipruner_vllm.demo_model.cache import COMPLETE_MARKER, build_once
 from mipruner_vllm.demo_model.families import FAMILIES
 from mipruner_vllm.demo_model.tokenizer import QWEN_TOKENS, build_tokenizer
+from mipruner_vllm.families import FAMILIES as REGISTRY
 
 pytestmark = pytest.mark.unit
 
-QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+QWEN = tuple(key for key, family in REGISTRY.items() if family.mrope)
 QWEN3_5 = ("qwen3_5", "qwen3_5_moe")
 COMMON_FILES = (
     "config.json",

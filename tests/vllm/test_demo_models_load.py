@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from mipruner_vllm.demo_model import DEMO_ARCHS
+from mipruner_vllm.families import FAMILIES
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+QWEN_ARCHS = tuple(key for key, family in FAMILIES.items() if family.mrope)
 #: 16-px patches (Qwen3-VL's vision side): 128-px test images and frames.
 QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 # Visual tokens the tiny processors give for the test image, per arch (see demo_model docs).

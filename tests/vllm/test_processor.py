@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 from mipruner_vllm.errors import PruningParameterError
+from mipruner_vllm.families import FAMILIES
 
 pytestmark = [pytest.mark.vllm]
 
 pytest.importorskip("vllm")
 
-ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "llava", "llava_next"]
+ARCHS = list(FAMILIES)
 
 
 def _processor(checkpoint: str, plugin: bool) -> Any:
