@@ -67,12 +67,12 @@ class PruningParams(PruningFields):
     @field_validator(*_NUMBER_FIELDS, mode="before")
     @classmethod
     def _exact_number_kinds(cls, value: Any, info: Any) -> Any:
-        # pydantic (lax mode) reads True as 1 / 1.0 and 4.0 as the integer 4; a boolean is never a
-        # valid budget or weight, and 4.0 is not an integer budget or seed.
+        # pydantic (lax mode) reads True as 1 / 1.0, and 4.0 or "4" as the integer 4; a boolean is
+        # never a valid budget or weight, and only an int is an integer budget or seed.
         if isinstance(value, bool):
             raise ValueError("a boolean is not a number")
-        if info.field_name in _INTEGER_FIELDS and isinstance(value, float):
-            raise ValueError("a float is not an integer")
+        if info.field_name in _INTEGER_FIELDS and not isinstance(value, int | None):
+            raise ValueError("not an integer")
         return value
 
     @property
