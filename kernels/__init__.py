@@ -4,7 +4,9 @@
 * :mod:`~mipruner_vllm.kernels.mi_select`: fused MI-Pruner scores + top-k (lambda = 1).
 * :mod:`~mipruner_vllm.kernels.mi_greedy`: greedy MI-Pruner (lambda < 1), all steps on device.
 * :mod:`~mipruner_vllm.kernels.launch`: the one launcher of both (:func:`~mipruner_vllm.kernels.
-  launch.mi_prune_packed`), shared by production, the kernel tests and the benchmark.
+  launch.mi_prune`), shared by production, the kernel tests and the benchmark; the registry of
+  every kernel (``KERNELS``) and the warm-up that compiles them (``warm_up``).
+* :mod:`~mipruner_vllm.kernels.tiles`: Triton helpers the kernels share (inlined).
 * :mod:`~mipruner_vllm.kernels._runtime`: the packed varlen layout and whether Triton can run.
 * ``python -m mipruner_vllm.kernels --aot sm_80,sm_90``: ahead-of-time compile check
   (:mod:`~mipruner_vllm.kernels.aot`), which needs no GPU.

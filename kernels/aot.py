@@ -77,39 +77,38 @@ def configurations() -> list[KernelConfig]:
     }  # fmt: skip
     configs: list[KernelConfig] = []
 
-    def add(
-        name: str, fn: Any, types: dict[str, str], constexprs: dict[str, Any], num_warps: int
-    ) -> None:
+    kernels = {**s.KERNELS, **g.KERNELS}
+
+    def add(name: str, types: dict[str, str], constexprs: dict[str, Any], num_warps: int) -> None:
+        fn = kernels[name]
         configs.append(
             KernelConfig(name, fn, _sig(fn, {**index, **types}, constexprs), constexprs, num_warps)
         )
 
-    block_ts = sorted({s.text_block(n) for n in (1, 17, 33)})
     for dtype in _DTYPES:
         tensors = {"V_ptr": f"*{dtype}", "T_ptr": f"*{dtype}"}
         fp32 = dtype == "fp32"
-        for block_t in block_ts:
-            add("mi_cross_logits", s._mi_cross_logits_kernel, tensors,
+        for block_t in s.TEXT_BLOCKS:
+            add("mi_cross_logits", tensors,
                 {"BLOCK_V": s.BLOCK_V, "BLOCK_T": block_t, "BLOCK_D": s.BLOCK_D,
                  "FP32_INPUT": fp32, "UPCAST_DOT": False}, s.DOT_NUM_WARPS)  # fmt: skip
         for gram in (True, False):  # rho_self cached for the steps, or a GEMV per step
-            add("mi_self_lse", g._mi_self_lse_kernel, tensors,
+            add("mi_self_lse", tensors,
                 {"BLOCK_V": s.BLOCK_V, "BLOCK_C": g.BLOCK_C, "BLOCK_D": s.BLOCK_D,
                  "FP32_INPUT": fp32, "UPCAST_DOT": False, "STORE_GRAM": gram},
                 s.DOT_NUM_WARPS)  # fmt: skip
-            add("mi_greedy", g._mi_greedy_kernel, tensors,
+            add("mi_greedy", tensors,
                 {"BLOCK_R": g.BLOCK_R, "BLOCK_D": g.BLOCK_DG, "USE_GRAM": gram},
                 g.GREEDY_NUM_WARPS)  # fmt: skip
-    for block_t in block_ts:
-        add("mi_marginal", s._mi_marginal_kernel, {}, {"BLOCK_V": s.BLOCK_V, "BLOCK_T": block_t}, 1)
+    for block_t in s.TEXT_BLOCKS:
+        add("mi_marginal", {}, {"BLOCK_V": s.BLOCK_V, "BLOCK_T": block_t}, 1)
         add(
             "mi_score",
-            s._mi_score_kernel,
             {},
             {"BLOCK_V": s.BLOCK_V, "BLOCK_T": block_t},
             s.SCORE_NUM_WARPS,
         )
-    add("topk", s._topk_kernel, {}, {"BLOCK_N": s.BLOCK_N}, 4)
+    add("topk", {}, {"BLOCK_N": s.BLOCK_N}, 4)
     return configs
 
 

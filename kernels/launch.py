@@ -2,8 +2,8 @@
 """The one launcher of the MI-Pruner kernels: a packed varlen batch in, kept indices out.
 
 Production (:mod:`mipruner_vllm.pruning.dispatch`), the kernel tests and the benchmark all call
-:func:`mi_prune_packed` (or :func:`mi_prune`, which packs a list of items first), so what is
-tested and measured is exactly what serves requests. It is a pure op on tensors: per-item
+:func:`mi_prune`, so what is tested and measured is exactly what serves requests; its
+:func:`warm_up` compiles every variant it can pick. It is a pure op on tensors: per-item
 budgets, temperatures, lambdas and aggregations are plain numbers, it knows nothing of request
 parameters, settings or backends.
 
@@ -27,6 +27,8 @@ from mipruner_vllm.kernels._runtime import PackedItems, host_tensor, pack_items
 
 #: Per-item aggregation names the kernels implement: max (Eqs. 19-20) or mean (Eq. 21).
 AGGREGATIONS = tuple(mi_select.AGGREGATION_CODES)
+#: Every Triton kernel of the package by name: the public registry (AOT check, warm-up count).
+KERNELS = {**mi_select.KERNELS, **mi_greedy.KERNELS}
 
 
 class KernelOutput(NamedTuple):
@@ -60,53 +62,6 @@ def check_arguments(
             raise ValueError(f"item {b}: aggregation must be one of {AGGREGATIONS}, got {agg!r}")
 
 
-def mi_prune_packed(
-    packed: PackedItems,
-    n_keep: Sequence[int],
-    tau: Sequence[float],
-    mi_lambda: Sequence[float] | None = None,
-    aggregation: Sequence[str] | None = None,
-    *,
-    gram_cache_bytes: int | None = None,
-) -> KernelOutput:
-    """MI-Pruner for every item of ``packed``: at most six launches for the whole batch.
-
-    ``mi_lambda`` defaults to 1 (one-pass top-k) and ``aggregation`` to ``"max"`` for every item.
-    ``gram_cache_bytes`` bounds the greedy search's rho_self cache
-    (:data:`~mipruner_vllm.kernels.mi_greedy.GRAM_CACHE_BYTES` by default; 0 forces a GEMV per
-    step). The result equals the torch oracle item by item, up to fp32 rounding on near-ties.
-    """
-    size = packed.size
-    lambdas = [1.0] * size if mi_lambda is None else [float(x) for x in mi_lambda]
-    aggs = ["max"] * size if aggregation is None else list(aggregation)
-    taus = [float(x) for x in tau]
-    check_arguments(packed, n_keep, taus, lambdas, aggs)
-    device = packed.visual.device
-    tau_t = host_tensor(taus, torch.float32, device)
-    agg_t = host_tensor([mi_select.AGGREGATION_CODES[a] for a in aggs], torch.int32, device)
-    scores, v_inv = mi_select.cross_scores_packed(packed, tau_t, agg_t)
-    one_pass = [b for b in range(size) if lambdas[b] >= 1.0]
-    greedy = [b for b in range(size) if lambdas[b] < 1.0]
-    indices: list[torch.Tensor | None] = [None] * size
-    keep = list(n_keep)
-    for b, idx in zip(one_pass, mi_select.topk_packed(scores, packed, keep, one_pass), strict=True):
-        indices[b] = idx
-    if greedy:
-        lam_t = host_tensor(lambdas, torch.float32, device)
-        picked = mi_greedy.greedy_packed(
-            packed, scores, v_inv, keep, tau_t, lam_t, agg_t, greedy, gram_cache_bytes
-        )
-        for b, idx in zip(greedy, picked, strict=True):
-            indices[b] = idx
-    offsets = [0]
-    for n in packed.n_visual:
-        offsets.append(offsets[-1] + n)
-    return KernelOutput(
-        indices=indices,  # type: ignore[arg-type] - every item is in one_pass or greedy
-        scores=[scores[offsets[b] : offsets[b + 1]] for b in range(size)],
-    )
-
-
 def mi_prune(
     visuals: Sequence[torch.Tensor],
     texts: Sequence[torch.Tensor],
@@ -117,16 +72,88 @@ def mi_prune(
     *,
     gram_cache_bytes: int | None = None,
 ) -> KernelOutput:
-    """:func:`mi_prune_packed` on items given as lists (packed first; see ``pack_items``).
+    """MI-Pruner for every item: packed once, then at most six launches for the whole batch.
 
     Every item needs ``N_V >= 1`` and ``N_T >= 1`` tokens of one hidden size; items of mixed
-    dtypes are packed in float32.
+    dtypes are packed in float32 (:func:`~mipruner_vllm.kernels._runtime.pack_items`).
+    ``mi_lambda`` defaults to 1 (one-pass top-k) and ``aggregation`` to ``"max"`` for every item.
+    ``gram_cache_bytes`` bounds the greedy search's rho_self cache
+    (:data:`~mipruner_vllm.kernels.mi_greedy.GRAM_CACHE_BYTES` by default; 0 forces a GEMV per
+    step). The result equals the torch oracle item by item, up to fp32 rounding on near-ties.
     """
-    return mi_prune_packed(
-        pack_items(list(visuals), list(texts)),
-        n_keep,
-        tau,
-        mi_lambda,
-        aggregation,
-        gram_cache_bytes=gram_cache_bytes,
+    packed = pack_items(list(visuals), list(texts))
+    size = packed.size
+    lambdas = [1.0] * size if mi_lambda is None else [float(x) for x in mi_lambda]
+    aggs = ["max"] * size if aggregation is None else list(aggregation)
+    taus = [float(x) for x in tau]
+    check_arguments(packed, n_keep, taus, lambdas, aggs)
+    return _launch(packed, list(n_keep), taus, lambdas, aggs, gram_cache_bytes)
+
+
+def _launch(
+    packed: PackedItems,
+    keep: list[int],
+    taus: list[float],
+    lambdas: list[float],
+    aggs: list[str],
+    gram_cache_bytes: int | None,
+) -> KernelOutput:
+    """Phases 1-3 for every item, then top-k for lambda = 1 and the greedy search for < 1."""
+    device = packed.visual.device
+    tau_t = host_tensor(taus, torch.float32, device)
+    agg_t = host_tensor([mi_select.AGGREGATION_CODES[a] for a in aggs], torch.int32, device)
+    scores, v_inv = mi_select.cross_scores_packed(packed, tau_t, agg_t)
+    one_pass = [b for b in range(packed.size) if lambdas[b] >= 1.0]
+    greedy = [b for b in range(packed.size) if lambdas[b] < 1.0]
+    picked = dict(zip(one_pass, mi_select.topk_packed(scores, packed, keep, one_pass), strict=True))
+    if greedy:
+        lam_t = host_tensor(lambdas, torch.float32, device)
+        found = mi_greedy.greedy_packed(
+            packed, scores, v_inv, keep, tau_t, lam_t, agg_t, greedy, gram_cache_bytes
+        )
+        picked.update(zip(greedy, found, strict=True))
+    offsets = [0]
+    for n in packed.n_visual:
+        offsets.append(offsets[-1] + n)
+    return KernelOutput(
+        indices=[picked[b] for b in range(packed.size)],  # every item is one-pass or greedy
+        scores=[scores[offsets[b] : offsets[b + 1]] for b in range(packed.size)],
     )
+
+
+# -- warm-up: compile every variant when a model loads, not inside the first request's step ----
+
+
+def compiled_specialisations() -> int | None:
+    """Compiled specialisations of :data:`KERNELS` in this process (Triton's JIT caches); None
+    where this Triton does not expose them."""
+    total = 0
+    for kernel in KERNELS.values():
+        caches = getattr(kernel, "device_caches", None)
+        if caches is None:
+            return None
+        total += sum(len(entry[0]) for entry in caches.values())
+    return total
+
+
+def warm_up(device: torch.device, dtype: torch.dtype, hidden: int) -> int | None:
+    """Launch every kernel variant :func:`mi_prune` can pick for ``(device, dtype, hidden)``.
+
+    Triton compiles a kernel on its first launch with new constexprs; this launches tiny inputs
+    with the shortest query of every text tile (:func:`~mipruner_vllm.kernels.mi_select.
+    shortest_query_per_text_block`, so the tiles come from the launcher's own rule), lambda = 1
+    and < 1, both aggregations and both greedy step paths (cached rho_self and GEMV). Returns
+    how many specialisations that compiled (None where Triton does not expose it).
+    """
+    before = compiled_specialisations()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    visuals = [torch.randn(n, hidden, generator=g).to(device, dtype) for n in (8, 5)]
+    for n_text in mi_select.shortest_query_per_text_block().values():
+        texts = [torch.randn(n_text, hidden, generator=g).to(device, dtype) for _ in visuals]
+        for gram_cache_bytes in (None, 0):
+            mi_prune(visuals, texts, [2, 2], [0.1, 0.1], [1.0, 0.5], ["max", "mean"],
+                     gram_cache_bytes=gram_cache_bytes)  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    after = compiled_specialisations()
+    return None if before is None or after is None else after - before

@@ -42,6 +42,7 @@ import triton.language as tl
 
 from mipruner_vllm.kernels._runtime import PackedItems, block_table, host_tensor, upcast_dot
 from mipruner_vllm.kernels.mi_select import BLOCK_D, BLOCK_V, DOT_NUM_WARPS
+from mipruner_vllm.kernels.tiles import dot_tile, item_span, online_logsumexp, row_block
 
 #: Column tile of the self-similarity logsumexp.
 BLOCK_C = 64
@@ -84,11 +85,8 @@ def _mi_self_lse_kernel(
     With ``STORE_GRAM`` the tiles of rho_self are also written (item b: N_V x N_V fp32 at
     ``GRAM_OFF[b]``), so the greedy steps read one row instead of redoing a GEMV over V.
     """
-    pid = tl.program_id(0)
-    item = tl.load(BLOCK_ITEM_ptr + pid).to(tl.int64)
-    blk = tl.load(BLOCK_ROW_ptr + pid).to(tl.int64)
-    v_start = tl.load(V_OFF_ptr + item)
-    n_v = (tl.load(V_OFF_ptr + item + 1) - v_start).to(tl.int32)
+    item, blk = row_block(BLOCK_ITEM_ptr, BLOCK_ROW_ptr)
+    v_start, n_v = item_span(V_OFF_ptr, item)
     inv_tau = 1.0 / tl.load(TAU_ptr + item)
     # 64-bit scalar item base, int32 offsets inside the item (see mi_select).
     v_base = V_ptr + v_start * stride_v
@@ -108,13 +106,7 @@ def _mi_self_lse_kernel(
             k_ok = ks < dim
             a = tl.load(v_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(c_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            if FP32_INPUT:
-                acc = tl.dot(a, tl.trans(b), acc, input_precision="tf32x3")
-            elif UPCAST_DOT:
-                # Interpreter only (see mi_select._mi_cross_logits_kernel).
-                acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc)
-            else:
-                acc = tl.dot(a, tl.trans(b), acc)
+            acc = dot_tile(a, b, acc, FP32_INPUT, UPCAST_DOT)
         col_inv = tl.load(VINV_ptr + v_start + cols, mask=col_ok, other=0.0)
         rho = acc * row_inv[:, None] * col_inv[None, :]
         if STORE_GRAM:
@@ -125,9 +117,7 @@ def _mi_self_lse_kernel(
                 mask=row_ok[:, None] & col_ok[None, :],
             )
         rho = tl.where(col_ok[None, :], rho, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(rho, axis=1))
-        s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(rho - m_new[:, None]), axis=1)
-        m_i = m_new
+        m_i, s_i = online_logsumexp(m_i, s_i, rho)
     tl.store(LSE_ptr + v_start + rows, m_i + tl.log(s_i), mask=row_ok)
 
 
@@ -160,8 +150,7 @@ def _mi_greedy_kernel(
     ``AGG = 1``: S_self_i = sum_{j in S} p(v_j|v_i) PMI(v_i; v_j) (Eq. 21), RUN starts at 0.
     """
     item = tl.load(ITEMS_ptr + tl.program_id(0)).to(tl.int64)
-    v_start = tl.load(V_OFF_ptr + item)
-    n_v = (tl.load(V_OFF_ptr + item + 1) - v_start).to(tl.int32)
+    v_start, n_v = item_span(V_OFF_ptr, item)
     k = tl.load(K_ptr + item)
     lam = tl.load(LAMBDA_ptr + item)
     inv_tau = 1.0 / tl.load(TAU_ptr + item)
@@ -245,6 +234,10 @@ def _mi_greedy_kernel(
         pos = written + tl.cumsum(keep, axis=0) - keep
         tl.store(OUT_ptr + out_start + pos, rows, mask=keep > 0)
         written += tl.sum(keep, axis=0)
+
+
+#: This module's Triton kernels by name (the AOT check and the warm-up's compile count).
+KERNELS = {"mi_self_lse": _mi_self_lse_kernel, "mi_greedy": _mi_greedy_kernel}
 
 
 def greedy_packed(

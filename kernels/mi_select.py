@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from mipruner_vllm.kernels._runtime import PackedItems, block_table, host_tensor, upcast_dot
+from mipruner_vllm.kernels.tiles import dot_tile, item_span, online_logsumexp, row_block
 
 #: Rows of an item per program in the row-blocked phases.
 BLOCK_V = 64
@@ -62,12 +63,37 @@ AGGREGATION_CODES = {"max": 0, "mean": 1}
 BLOCK_N = 1024
 
 
-def text_block(max_n_text: int) -> int:
-    """Text columns per tile: the smallest of 16 / 32 / 64 covering the longest query.
+#: Text columns per tile, smallest first (``tl.dot`` needs tiles of at least 16).
+TEXT_BLOCKS = (16, 32, 64)
 
-    ``tl.dot`` needs tiles of at least 16; longer queries loop over 64-column tiles.
-    """
-    return 16 if max_n_text <= 16 else 32 if max_n_text <= 32 else 64
+
+def text_block(max_n_text: int) -> int:
+    """Text columns per tile: the smallest of :data:`TEXT_BLOCKS` covering the longest query;
+    longer queries loop over the largest."""
+    return next((block for block in TEXT_BLOCKS if max_n_text <= block), TEXT_BLOCKS[-1])
+
+
+def shortest_query_per_text_block() -> dict[int, int]:
+    """Each tile of :data:`TEXT_BLOCKS` -> the shortest query :func:`text_block` gives it, so a
+    warm-up that launches these query lengths compiles every tile the launcher can pick."""
+    shortest: dict[int, int] = {}
+    for n_text in range(1, TEXT_BLOCKS[-1] + 1):
+        shortest.setdefault(text_block(n_text), n_text)
+    return shortest
+
+
+@triton.jit
+def _logits_tile(l_base, rows, row_ok, t0, n_t, BLOCK_T: tl.constexpr):
+    """``(cols, col_ok, rho)``: columns ``t0 ..`` of the item's row-major N_V x N_T logits for
+    ``rows``, -inf outside the item (what the softmax and max reductions ignore)."""
+    cols = t0 + tl.arange(0, BLOCK_T)
+    col_ok = cols < n_t
+    rho = tl.load(
+        l_base + rows[:, None] * n_t + cols[None, :],
+        mask=row_ok[:, None] & col_ok[None, :],
+        other=float("-inf"),
+    )
+    return cols, col_ok, rho
 
 
 @triton.jit
@@ -102,13 +128,9 @@ def _mi_cross_logits_kernel(
     its row block the column max and sum of exp(log p(t_j|v_i) - max) at
     ``P_OFF[b] + block * N_T + j``.
     """
-    pid = tl.program_id(0)
-    item = tl.load(BLOCK_ITEM_ptr + pid).to(tl.int64)
-    blk = tl.load(BLOCK_ROW_ptr + pid).to(tl.int64)
-    v_start = tl.load(V_OFF_ptr + item)
-    n_v = (tl.load(V_OFF_ptr + item + 1) - v_start).to(tl.int32)
-    t_start = tl.load(T_OFF_ptr + item)
-    n_t = (tl.load(T_OFF_ptr + item + 1) - t_start).to(tl.int32)
+    item, blk = row_block(BLOCK_ITEM_ptr, BLOCK_ROW_ptr)
+    v_start, n_v = item_span(V_OFF_ptr, item)
+    t_start, n_t = item_span(T_OFF_ptr, item)
     l_start = tl.load(L_OFF_ptr + item)
     p_start = tl.load(P_OFF_ptr + item) + blk * n_t
     inv_tau = 1.0 / tl.load(TAU_ptr + item)
@@ -137,16 +159,7 @@ def _mi_cross_logits_kernel(
             k_ok = ks < dim
             v = tl.load(v_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             t = tl.load(t_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            if FP32_INPUT:
-                # 3xTF32 keeps fp32 accuracy on tensor cores; plain TF32 would break parity.
-                acc = tl.dot(v, tl.trans(t), acc, input_precision="tf32x3")
-            elif UPCAST_DOT:
-                # Interpreter only: its numpy tl.dot misreads bf16; the products are exact in
-                # fp32 either way, so this changes nothing but the route.
-                acc = tl.dot(v.to(tl.float32), tl.trans(t.to(tl.float32)), acc)
-            else:
-                # bf16/fp16 products are exact in the fp32 accumulator.
-                acc = tl.dot(v, tl.trans(t), acc)
+            acc = dot_tile(v, t, acc, FP32_INPUT, UPCAST_DOT)
             vf = v.to(tl.float32)
             tf = t.to(tl.float32)
             v_sq += tl.sum(vf * vf, axis=1)
@@ -162,22 +175,14 @@ def _mi_cross_logits_kernel(
             mask=row_ok[:, None] & col_ok[None, :],
         )
         # Online logsumexp across text tiles (flash-attention style rescaling).
-        m_new = tl.maximum(m_i, tl.max(rho, axis=1))
-        s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(rho - m_new[:, None]), axis=1)
-        m_i = m_new
+        m_i, s_i = online_logsumexp(m_i, s_i, rho)
     lse = m_i + tl.log(s_i)
     tl.store(ROW_LSE_ptr + v_start + rows, lse, mask=row_ok)
     tl.store(VINV_ptr + v_start + rows, v_inv, mask=row_ok)
     # The rows written above are re-read by other threads of this program.
     tl.debug_barrier()
     for t0 in range(0, n_t, BLOCK_T):
-        cols = t0 + tl.arange(0, BLOCK_T)
-        col_ok = cols < n_t
-        rho = tl.load(
-            l_base + rows[:, None] * n_t + cols[None, :],
-            mask=row_ok[:, None] & col_ok[None, :],
-            other=float("-inf"),
-        )
+        cols, col_ok, rho = _logits_tile(l_base, rows, row_ok, t0, n_t, BLOCK_T)
         log_cond = rho - lse[:, None]
         c_max = tl.max(log_cond, axis=0)
         # Masked columns have c_max = -inf; shift them by 0 instead so no NaN is formed.
@@ -203,10 +208,8 @@ def _mi_marginal_kernel(
     Merges the (max, sum) partials of the item's row blocks in block order (deterministic).
     """
     item = tl.program_id(0).to(tl.int64)
-    v_start = tl.load(V_OFF_ptr + item)
-    n_v = (tl.load(V_OFF_ptr + item + 1) - v_start).to(tl.int32)
-    t_start = tl.load(T_OFF_ptr + item)
-    n_t = (tl.load(T_OFF_ptr + item + 1) - t_start).to(tl.int32)
+    v_start, n_v = item_span(V_OFF_ptr, item)
+    t_start, n_t = item_span(T_OFF_ptr, item)
     p_start = tl.load(P_OFF_ptr + item)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     col_ok = cols < n_t
@@ -245,13 +248,9 @@ def _mi_score_kernel(
     ``AGG = 0``: max_j PMI_ij (Eq. 19), or ``AGG = 1``: sum_j p(t_j|v_i) PMI_ij (Eq. 21). Both are
     accumulated in the same pass, so items with different aggregations share the launch.
     """
-    pid = tl.program_id(0)
-    item = tl.load(BLOCK_ITEM_ptr + pid).to(tl.int64)
-    blk = tl.load(BLOCK_ROW_ptr + pid).to(tl.int64)
-    v_start = tl.load(V_OFF_ptr + item)
-    n_v = (tl.load(V_OFF_ptr + item + 1) - v_start).to(tl.int32)
-    t_start = tl.load(T_OFF_ptr + item)
-    n_t = (tl.load(T_OFF_ptr + item + 1) - t_start).to(tl.int32)
+    item, blk = row_block(BLOCK_ITEM_ptr, BLOCK_ROW_ptr)
+    v_start, n_v = item_span(V_OFF_ptr, item)
+    t_start, n_t = item_span(T_OFF_ptr, item)
     l_base = L_ptr + tl.load(L_OFF_ptr + item)
     rows = blk.to(tl.int32) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < n_v
@@ -260,13 +259,7 @@ def _mi_score_kernel(
     best = tl.full([BLOCK_V], float("-inf"), tl.float32)
     expected = tl.zeros([BLOCK_V], tl.float32)
     for t0 in range(0, n_t, BLOCK_T):
-        cols = t0 + tl.arange(0, BLOCK_T)
-        col_ok = cols < n_t
-        rho = tl.load(
-            l_base + rows[:, None] * n_t + cols[None, :],
-            mask=row_ok[:, None] & col_ok[None, :],
-            other=float("-inf"),
-        )
+        cols, col_ok, rho = _logits_tile(l_base, rows, row_ok, t0, n_t, BLOCK_T)
         log_marginal = tl.load(LOG_MARGINAL_ptr + t_start + cols, mask=col_ok, other=0.0)
         log_cond = rho - lse[:, None]
         pmi = log_cond - log_marginal[None, :]
@@ -306,8 +299,7 @@ def _topk_kernel(
     """
     pid = tl.program_id(0)
     item = tl.load(ITEMS_ptr + pid).to(tl.int64)
-    v_start = tl.load(V_OFF_ptr + item)
-    n_v = (tl.load(V_OFF_ptr + item + 1) - v_start).to(tl.int32)
+    v_start, n_v = item_span(V_OFF_ptr, item)
     k = tl.load(K_ptr + item).to(tl.int64)
     out_start = tl.load(OUT_OFF_ptr + item)
     zero = v_start * 0  # int64 scalar: the keys span [0, 2^32)
@@ -342,6 +334,15 @@ def _topk_kernel(
         tl.store(OUT_ptr + out_start + pos, idx, mask=keep > 0)
         written += tl.sum(keep, axis=0)
         ties_seen += tl.sum(tie, axis=0)
+
+
+#: This module's Triton kernels by name (the AOT check and the warm-up's compile count).
+KERNELS = {
+    "mi_cross_logits": _mi_cross_logits_kernel,
+    "mi_marginal": _mi_marginal_kernel,
+    "mi_score": _mi_score_kernel,
+    "topk": _topk_kernel,
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ environment variables (``MIPRUNER_KEEP_RATIO=0.5``) or from the defaults below. 
 variables are also how the settings reach vLLM's engine and worker processes, which are spawned
 with the parent's environment.
 
-:data:`PRUNING_PARAMETERS` declares each pruning parameter once: its name, type, range, default,
-description and request field. Everything else is derived from it: the settings fields below,
+:class:`PruningFields` declares each pruning parameter once, as one typed pydantic field: its
+name, type, range, default, description and request field (:class:`RequestName`). Everything
+else is derived from it: the settings fields (:class:`MiprunerSettings` inherits them), the
+resolved parameters of a selection (:class:`mipruner_vllm.params.PruningParams` inherits them),
 request validation and the error wording (:mod:`mipruner_vllm.params`), the per-item tensor
 encoding (:mod:`mipruner_vllm.integration.fields`), the server's CLI flags, its OpenAPI schema and
-the ``docs`` tables. Adding a parameter is one entry here plus its use in the selection.
+the ``docs`` tables, all through the read-only view :data:`PRUNING_PARAMETERS`. Adding a
+parameter is one field here plus its use in the selection.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
-from typing import Any, Literal
+import struct
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, create_model, model_validator
+import annotated_types
+from pydantic import BaseModel, Field, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -31,10 +37,10 @@ Aggregation = Literal["max", "mean"]
 Normalization = Literal["softmax", "minmax"]
 Backend = Literal["auto", "torch", "triton"]
 
-PRUNING_METHODS: tuple[str, ...] = PruningMethod.__args__  # type: ignore[attr-defined]
-AGGREGATIONS: tuple[str, ...] = Aggregation.__args__  # type: ignore[attr-defined]
-NORMALIZATIONS: tuple[str, ...] = Normalization.__args__  # type: ignore[attr-defined]
-BACKENDS: tuple[str, ...] = Backend.__args__  # type: ignore[attr-defined]
+PRUNING_METHODS: tuple[str, ...] = get_args(PruningMethod)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 #: The seed range: what ``torch.Generator.manual_seed`` takes and an int64 tensor carries exactly
 #: (a video's frames use ``seed + frame``, which stays below manual_seed's 2**64 - 1 limit).
@@ -44,17 +50,91 @@ KEEP_TOKENS_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
-class Parameter:
-    """One pruning parameter, declared once.
-
-    ``name`` is the Python spelling (``PruningParams``, ``select_tokens``, the settings field, the
-    ``MIPRUNER_<NAME>`` variable). ``request`` is the spelling in a request body and in
-    ``mm_processor_kwargs``, and gives the server flag (``--pruning-method``): it carries a prefix
-    where the bare name would clash with an OpenAI field (``seed``, ``method``).
-    """
+class RequestName:
+    """Field metadata: a pruning parameter's spelling in a request body and in
+    ``mm_processor_kwargs``, which also gives its server flag (``--pruning-method``). It carries a
+    prefix where the bare name would clash with an OpenAI field (``seed``, ``method``)."""
 
     name: str
-    kind: type  # float, int or str
+
+
+class PruningFields(BaseModel):
+    """THE declaration of the pruning parameters (paper equation numbers in the descriptions).
+
+    One field per parameter; its Python name is the ``select_tokens`` / ``resolve_params``
+    argument, the settings field and the ``MIPRUNER_<NAME>`` variable. Field order is the order of
+    every derived layer (the per-item tensor layout included).
+    """
+
+    keep_ratio: Annotated[float | None, RequestName("keep_ratio")] = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of each media item's visual tokens to keep: the item keeps "
+        "clamp(ceil(keep_ratio * N_V), 1, N_V) tokens; 1.0 keeps all (no pruning). "
+        "Exclusive with keep_tokens.",
+    )
+    keep_tokens: Annotated[int | None, RequestName("keep_tokens")] = Field(
+        None,
+        ge=1,
+        le=KEEP_TOKENS_MAX,
+        description="Absolute budget per media item: keeps min(keep_tokens, N_V) tokens; "
+        "when set it replaces keep_ratio. Exclusive with keep_ratio.",
+    )
+    method: Annotated[PruningMethod, RequestName("pruning_method")] = Field(
+        "mi", description="Selection method ('none' keeps every token)."
+    )
+    mi_lambda: Annotated[float, RequestName("mi_lambda")] = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="MI-Pruner relevance/redundancy balance, Eq. (22); 1.0 = one-pass top-k by "
+        "cross-modal PMI, < 1 adds the greedy redundancy penalty.",
+    )
+    mi_tau: Annotated[float, RequestName("mi_tau")] = Field(
+        0.1, ge=1e-3, le=1e3, description="MI-Pruner temperature tau, Eq. (15) (paper Table 5)."
+    )
+    aggregation: Annotated[Aggregation, RequestName("mi_aggregation")] = Field(
+        "max", description="PMI aggregation: max (Eqs. 19-20) or mean (Eq. 21)."
+    )
+    normalization: Annotated[Normalization, RequestName("mi_normalization")] = Field(
+        "softmax",
+        description="Conditional distribution: softmax (Eq. 16) or minmax (App. B.2, Eqs. 52-53).",
+    )
+    trim_stage1_ratio: Annotated[float, RequestName("trim_stage1_ratio")] = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="TrimTokenator stage-1 (L2 alignment) keep ratio N_1 / N_V.",
+    )
+    seed: Annotated[int, RequestName("pruning_seed")] = Field(
+        0,
+        ge=0,
+        le=SEED_MAX,
+        description="Seed of the 'random' method (the same seed gives the same selection).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_tokens_replaces_keep_ratio(cls, data: Any) -> Any:
+        # An absolute budget given without a ratio is the budget: the default ratio does not
+        # stay behind as a second one (both given explicitly is the caller's error to report).
+        if isinstance(data, dict) and data.get("keep_tokens") is not None:
+            if data.get("keep_ratio") is None:
+                return {**data, "keep_ratio": None}
+        return data
+
+
+#: JSON type of each Python kind (error messages, docs tables).
+_JSON_TYPES = {bool: "boolean", float: "number", int: "integer", str: "string"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """A read-only view of one field of :class:`PruningFields`, for the layers derived from it."""
+
+    name: str
+    kind: type  # bool, float, int or str
     default: Any
     description: str
     request: str
@@ -64,8 +144,33 @@ class Parameter:
     le: float | None = None
     #: ``None`` is a valid value (an unset optional budget).
     optional: bool = False
-    #: Older settings / environment names still accepted (documented as deprecated).
-    deprecated_names: tuple[str, ...] = ()
+    #: The declared type (``float | None``, ``Literal[...]``), for the models derived from it.
+    annotation: Any = None
+
+    @classmethod
+    def of(cls, name: str, info: FieldInfo) -> Parameter:
+        """The view of the declared field ``name``."""
+        kinds = [a for a in _union_args(info.annotation) if a is not type(None)]
+        (kind,) = kinds
+        choices = get_args(kind) if get_origin(kind) is Literal else None
+        bounds = {
+            key: getattr(m, key)
+            for m in info.metadata
+            for key in ("gt", "ge", "le")
+            if isinstance(m, annotated_types.BaseMetadata) and hasattr(m, key)
+        }
+        (request,) = [m.name for m in info.metadata if isinstance(m, RequestName)]
+        return cls(
+            name,
+            str if choices is not None else kind,
+            info.default,
+            info.description or "",
+            request,
+            choices,
+            optional=len(kinds) < len(_union_args(info.annotation)),
+            annotation=info.annotation,
+            **bounds,
+        )
 
     @property
     def flag(self) -> str:
@@ -77,13 +182,15 @@ class Parameter:
 
     @property
     def json_type(self) -> str:
-        return {float: "number", int: "integer", str: "string"}[self.kind]
+        return _JSON_TYPES[self.kind]
 
     @property
     def allowed(self) -> str:
         """The allowed values in words, used verbatim in every error message and doc table."""
         if self.choices is not None:
             return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
         if self.kind is int:
             text = f"an integer >= {self.ge:g}" if self.ge is not None else "an integer"
             return text + (f" and <= {self.le}" if self.le is not None else "")
@@ -93,117 +200,40 @@ class Parameter:
     def constraints(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("gt", "ge", "le") if getattr(self, k) is not None}
 
-    def annotation(self) -> Any:
-        base: Any = Literal[self.choices] if self.choices is not None else self.kind  # type: ignore[valid-type]
-        return base | None if self.optional else base
+    def to_slot(self, value: Any) -> int:
+        """The value as one exact int64 (the per-item tensor): a choice as its index, a number
+        as the bits of its float64, an integer or boolean as itself; ``None`` is the caller's."""
+        if self.choices is not None:
+            return self.choices.index(value)
+        if self.kind is float:
+            return int(struct.unpack("<q", struct.pack("<d", float(value)))[0])
+        return int(value)
+
+    def from_slot(self, slot: int) -> Any:
+        """The inverse of :meth:`to_slot`."""
+        if self.choices is not None:
+            return self.choices[slot]
+        if self.kind is float:
+            return float(struct.unpack("<d", struct.pack("<q", slot))[0])
+        return self.kind(slot)
 
 
-#: THE declaration of the pruning parameters (paper equation numbers in the descriptions).
-PRUNING_PARAMETERS: tuple[Parameter, ...] = (
-    Parameter(
-        "keep_ratio",
-        float,
-        1.0,
-        request="keep_ratio",
-        gt=0.0,
-        le=1.0,
-        description="Fraction of each media item's visual tokens to keep: the item keeps "
-        "clamp(ceil(keep_ratio * N_V), 1, N_V) tokens; 1.0 keeps all (no pruning). "
-        "Exclusive with keep_tokens.",
-    ),
-    Parameter(
-        "keep_tokens",
-        int,
-        None,
-        request="keep_tokens",
-        ge=1,
-        le=KEEP_TOKENS_MAX,
-        optional=True,
-        description="Absolute budget per media item: keeps min(keep_tokens, N_V) tokens; "
-        "when set it replaces keep_ratio. Exclusive with keep_ratio.",
-    ),
-    Parameter(
-        "method",
-        str,
-        "mi",
-        request="pruning_method",
-        choices=PRUNING_METHODS,
-        description="Selection method ('none' keeps every token).",
-    ),
-    Parameter(
-        "mi_lambda",
-        float,
-        1.0,
-        request="mi_lambda",
-        ge=0.0,
-        le=1.0,
-        description="MI-Pruner relevance/redundancy balance, Eq. (22); 1.0 = one-pass top-k by "
-        "cross-modal PMI, < 1 adds the greedy redundancy penalty.",
-    ),
-    Parameter(
-        "mi_tau",
-        float,
-        0.1,
-        request="mi_tau",
-        ge=1e-3,
-        le=1e3,
-        description="MI-Pruner temperature tau, Eq. (15) (paper Table 5).",
-    ),
-    Parameter(
-        "aggregation",
-        str,
-        "max",
-        request="mi_aggregation",
-        choices=AGGREGATIONS,
-        description="PMI aggregation: max (Eqs. 19-20) or mean (Eq. 21).",
-    ),
-    Parameter(
-        "normalization",
-        str,
-        "softmax",
-        request="mi_normalization",
-        choices=NORMALIZATIONS,
-        description="Conditional distribution: softmax (Eq. 16) or minmax (App. B.2, Eqs. 52-53).",
-    ),
-    Parameter(
-        "trim_stage1_ratio",
-        float,
-        0.8,
-        request="trim_stage1_ratio",
-        gt=0.0,
-        le=1.0,
-        description="TrimTokenator stage-1 (L2 alignment) keep ratio N_1 / N_V.",
-    ),
-    Parameter(
-        "seed",
-        int,
-        0,
-        request="pruning_seed",
-        ge=0,
-        le=SEED_MAX,
-        deprecated_names=("random_seed",),
-        description="Seed of the 'random' method (the same seed gives the same selection).",
-    ),
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    """``float | None`` -> ``(float, NoneType)``; any other annotation -> ``(annotation,)``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+#: The declaration as a tuple of read-only views, in field order.
+PRUNING_PARAMETERS: tuple[Parameter, ...] = tuple(
+    Parameter.of(name, info) for name, info in PruningFields.model_fields.items()
 )
 PARAMETERS_BY_NAME: dict[str, Parameter] = {p.name: p for p in PRUNING_PARAMETERS}
 PARAMETERS_BY_REQUEST: dict[str, Parameter] = {p.request: p for p in PRUNING_PARAMETERS}
 
 
-def _settings_fields() -> dict[str, Any]:
-    return {
-        p.name: (p.annotation(), Field(p.default, description=p.description, **p.constraints()))
-        for p in PRUNING_PARAMETERS
-    }
-
-
-#: The settings fields of :data:`PRUNING_PARAMETERS`, generated so a range or default is
-#: written once.
-_PruningDefaults: type[BaseSettings] = create_model(  # type: ignore[call-overload]
-    "_PruningDefaults", __base__=BaseSettings, **_settings_fields()
-)
-
-
-class MiprunerSettings(_PruningDefaults):
+class MiprunerSettings(BaseSettings, PruningFields):
     """Defaults for every pruning parameter and switch; per-request values override them."""
 
     model_config = SettingsConfigDict(env_prefix="MIPRUNER_", frozen=True, extra="ignore")
@@ -263,31 +293,6 @@ class MiprunerSettings(_PruningDefaults):
     max_json_depth: int = Field(
         64, ge=8, le=512, description="Deepest nesting of a JSON request body the server accepts."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _deprecated_names(cls, data: Any) -> Any:
-        # Old spellings (documented as deprecated): the random_seed setting / MIPRUNER_RANDOM_SEED.
-        if not isinstance(data, dict):
-            return data
-        environ = {k.upper(): v for k, v in os.environ.items()}
-        for p in PRUNING_PARAMETERS:
-            for old in p.deprecated_names:
-                if old in data:  # a keyword argument: it beats the environment, like any other
-                    data[p.name] = data.pop(old)
-                elif (
-                    p.name not in data
-                    and f"MIPRUNER_{old.upper()}" in environ
-                    and p.env not in environ
-                ):
-                    logger.warning("MIPRUNER_%s is deprecated; use %s", old.upper(), p.env)
-                    data[p.name] = environ[f"MIPRUNER_{old.upper()}"]
-        return data
-
-    @property
-    def random_seed(self) -> int:
-        """Deprecated name of :attr:`seed`."""
-        return self.seed  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,5 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The project's exceptions: one root, so callers can catch everything of ours at once."""
+"""The project's exceptions: one root, so callers can catch everything of ours at once.
+
+Every exception class of mipruner-vllm derives from :class:`MiprunerError` (a unit test checks
+the whole package), and also from the builtin it refines (``ValueError`` for a refused value,
+``RuntimeError`` for a state of the machine), so existing ``except ValueError`` still works.
+The classes that belong to one layer live there: ``RequestRefused`` (``server/policy.py``),
+``MediaURLRefused`` (``server/media.py``), ``LaunchConfigurationError``
+(``integration/launch.py``), ``DatasetError`` (``evaluation/data.py``). The kernels, pure ops
+on tensors, raise builtin ``ValueError`` for bad launch arguments and import nothing of ours.
+"""
 
 from __future__ import annotations
 

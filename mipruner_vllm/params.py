@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Pruning parameters of one request: validation, defaults and the budget rule.
 
-Both validation models are generated from :data:`mipruner_vllm.config.PRUNING_PARAMETERS`, so a
-range, a default or an error message is written once:
+Both validation models come from the declaration,
+:class:`mipruner_vllm.config.PruningFields`, so a range, a default or an error message is
+written once:
 
-* :class:`PruningParams`, the resolved parameters of one selection (Python names), built by
-  :func:`resolve_params` (the Python entry: ``select_tokens``, the vLLM processor);
-* :class:`RequestFields`, the request form (request names, JSON types checked strictly), used by
-  :func:`params_from_request` (the HTTP and ``mm_processor_kwargs`` entry) and by the server's
-  OpenAPI schema.
+* :class:`PruningParams`, the resolved parameters of one selection (Python names): the declared
+  fields themselves, built by :func:`resolve_params` (the Python entry: ``select_tokens``, the
+  vLLM processor);
+* :data:`RequestFields`, the request form (request names, every field optional, JSON types
+  checked strictly), used by :func:`params_from_request` (the HTTP and ``mm_processor_kwargs``
+  entry) and as the server's OpenAPI schema.
 
 This module imports neither torch nor vLLM.
 """
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
@@ -28,6 +30,7 @@ from mipruner_vllm.config import (
     PARAMETERS_BY_REQUEST,
     PRUNING_PARAMETERS,
     MiprunerSettings,
+    PruningFields,
     get_settings,
 )
 from mipruner_vllm.errors import PruningParameterError
@@ -43,6 +46,7 @@ _REQUEST_NAME = {name: request for request, name in REQUEST_FIELDS.items()}
 PRUNING_PREFIXES: tuple[str, ...] = ("keep_", "mi_", "pruning_", "trim_")
 
 _NUMBER_FIELDS = tuple(p.name for p in PRUNING_PARAMETERS if p.kind in (int, float))
+_INTEGER_FIELDS = frozenset(p.name for p in PRUNING_PARAMETERS if p.kind is int)
 
 
 def _show(value: Any) -> str:
@@ -51,38 +55,45 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-class _PruningParamsBase(BaseModel):
-    """Methods of :class:`PruningParams`; its fields come from the declaration."""
+class PruningParams(PruningFields):
+    """Validated, fully resolved parameters of one selection (one media item).
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, allow_inf_nan=False)
+    The fields are those of the declaration; exactly one of ``keep_ratio`` / ``keep_tokens`` is
+    set after :func:`resolve_params`. Frozen and hashable.
+    """
 
-    @field_validator(*_NUMBER_FIELDS, mode="before", check_fields=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator(*_NUMBER_FIELDS, mode="before")
     @classmethod
-    def _no_bool(cls, value: Any) -> Any:
-        # pydantic (lax mode) reads True as 1 / 1.0; a boolean is never a valid budget or weight.
+    def _exact_number_kinds(cls, value: Any, info: Any) -> Any:
+        # pydantic (lax mode) reads True as 1 / 1.0, and 4.0 or "4" as the integer 4; a boolean is
+        # never a valid budget or weight, and only an int is an integer budget or seed.
         if isinstance(value, bool):
             raise ValueError("a boolean is not a number")
+        if info.field_name in _INTEGER_FIELDS and not isinstance(value, int | None):
+            raise ValueError("not an integer")
         return value
 
     @property
     def prunes(self) -> bool:
         """False when every token is kept whatever N_V is (the stock-vLLM path)."""
-        if self.method == "none":  # type: ignore[attr-defined]
+        if self.method == "none":
             return False
         return self.keep_tokens is not None or (
             self.keep_ratio is not None and self.keep_ratio < 1.0
-        )  # type: ignore[attr-defined]
+        )
 
     @property
     def applied_method(self) -> str:
         """The method that really runs: ``"none"`` when nothing is pruned (metrics, usage)."""
-        return self.method if self.prunes else "none"  # type: ignore[attr-defined]
+        return self.method if self.prunes else "none"
 
     def n_keep(self, n_visual: int) -> int:
         """The budget rule (:func:`n_keep`) for an item of ``n_visual`` tokens."""
-        if self.method == "none":  # type: ignore[attr-defined]
+        if self.method == "none":
             return n_visual
-        return n_keep(n_visual, keep_ratio=self.keep_ratio, keep_tokens=self.keep_tokens)  # type: ignore[attr-defined]
+        return n_keep(n_visual, keep_ratio=self.keep_ratio, keep_tokens=self.keep_tokens)
 
     def n_keep_per_frame(self, frames: int, tokens_per_frame: int) -> list[int]:
         """The budget rule for a video whose frames each need their own placeholder count.
@@ -107,29 +118,9 @@ class _PruningParamsBase(BaseModel):
         For the processor, which carries the normalised fields in the (hashed) processor kwargs
         and must not validate them a second time.
         """
-        values: dict[str, Any] = {
-            p.name: None for p in PRUNING_PARAMETERS if p.optional or p.name == "keep_ratio"
-        }
+        values: dict[str, Any] = {p.name: None for p in PRUNING_PARAMETERS if p.optional}
         values.update({REQUEST_FIELDS[k]: v for k, v in fields.items()})
-        return cls.model_construct(**values)  # type: ignore[return-value]
-
-
-def _python_field(p: Any) -> tuple[Any, Any]:
-    # Budgets are optional here (exactly one is set after resolve_params); the rest always set.
-    budget = p.name in ("keep_ratio", "keep_tokens")
-    annotation = p.annotation() | None if budget else p.annotation()
-    extra = {"strict": True} if p.kind is int else {}  # 4.0 is not an integer budget or seed
-    return annotation, Field(None if budget else p.default, **extra, **p.constraints())
-
-
-#: Validated, fully resolved parameters of one selection (one media item). Exactly one of
-#: ``keep_ratio`` / ``keep_tokens`` is set after :func:`resolve_params`. Frozen and hashable.
-PruningParams: type[_PruningParamsBase] = create_model(  # type: ignore[call-overload]
-    "PruningParams",
-    __base__=_PruningParamsBase,
-    __module__=__name__,
-    **{p.name: _python_field(p) for p in PRUNING_PARAMETERS},
-)
+        return cls.model_construct(**values)
 
 
 class _RequestFieldsBase(BaseModel):
@@ -142,18 +133,21 @@ class _RequestFieldsBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-#: The request form of the parameters (request names); also the OpenAPI schema of the fields.
-RequestFields: type[BaseModel] = create_model(  # type: ignore[call-overload]
+def _request_field(name: str) -> Any:
+    """The declared field ``name`` in its request form: optional (unset = the server default)."""
+    p = PARAMETERS_BY_NAME[name]
+    description = f"{p.description} Allowed: {p.allowed}."
+    return (p.annotation | None, Field(None, description=description, **p.constraints()))
+
+
+#: The request form of the parameters (request names), generated from the declaration because
+#: its field names are the request spellings; also the OpenAPI schema of the fields. Only
+#: validated and described, never read by attribute.
+RequestFields: type[BaseModel] = create_model(
     "MIPrunerRequestFields",
     __base__=_RequestFieldsBase,
     __module__=__name__,
-    **{
-        p.request: (
-            p.annotation() | None,
-            Field(None, description=f"{p.description} Allowed: {p.allowed}.", **p.constraints()),
-        )
-        for p in PRUNING_PARAMETERS
-    },
+    **{p.request: _request_field(p.name) for p in PRUNING_PARAMETERS},
 )
 
 
@@ -207,14 +201,16 @@ def _resolve(given: Mapping[str, Any], settings: MiprunerSettings | None) -> Pru
     }
     if keep_ratio is None and keep_tokens is None:
         # The settings' default budget: keep_tokens replaces keep_ratio when it is set.
-        values["keep_ratio"] = None if settings.keep_tokens is not None else settings.keep_ratio  # type: ignore[attr-defined]
+        values["keep_ratio"] = None if settings.keep_tokens is not None else settings.keep_ratio
     else:
         values["keep_ratio"], values["keep_tokens"] = keep_ratio, keep_tokens
+    if values["keep_ratio"] is None and values["keep_tokens"] is None:
+        raise PruningParameterError("keep_ratio", "the settings give no budget: set one of both")
     try:
         params = PruningParams(**values)
     except ValidationError as exc:
         raise _error(exc, PARAMETERS_BY_NAME) from None
-    if params.method == "none":  # type: ignore[attr-defined]
+    if params.method == "none":
         if (keep_ratio is not None and keep_ratio < 1.0) or keep_tokens is not None:
             raise PruningParameterError(
                 "method",
@@ -223,9 +219,45 @@ def _resolve(given: Mapping[str, Any], settings: MiprunerSettings | None) -> Pru
         # A default budget means nothing next to 'none': store the budget it really has, so the
         # parameters round-trip through request_fields / params_from_request unchanged.
         params = params.model_copy(update={"keep_ratio": 1.0, "keep_tokens": None})
-    return params  # type: ignore[return-value]
+    return params
 
 
+def parameter_signature(
+    *leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()
+) -> inspect.Signature:
+    """The keyword-only signature of the pruning parameters (for ``help()`` and IDEs)."""
+    params = [
+        inspect.Parameter(
+            p.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=p.annotation | None
+        )
+        for p in PRUNING_PARAMETERS
+    ]
+    return inspect.Signature([*leading, *params, *trailing])
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def takes_pruning_parameters(
+    *leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()
+) -> Callable[[_Function], _Function]:
+    """Decorator: give a ``**params`` function the signature of the declared parameters.
+
+    ``inspect.signature`` (so ``help()`` and IDEs) then lists every parameter by name with its
+    type, derived from the declaration. A function keeps extra attributes in its ``__dict__``,
+    where ``inspect`` looks for ``__signature__``.
+    """
+
+    def apply(function: _Function) -> _Function:
+        function.__dict__["__signature__"] = parameter_signature(*leading, trailing=trailing)
+        return function
+
+    return apply
+
+
+@takes_pruning_parameters(
+    trailing=(inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, default=None),)
+)
 def resolve_params(*, settings: MiprunerSettings | None = None, **values: Any) -> PruningParams:
     """Validate user arguments (Python names) and fill the missing ones from the settings.
 
@@ -239,27 +271,6 @@ def resolve_params(*, settings: MiprunerSettings | None = None, **values: Any) -
     if unknown:
         raise TypeError(f"resolve_params() got an unexpected keyword argument {unknown[0]!r}")
     return _resolve(values, settings)
-
-
-def parameter_signature(
-    *leading: inspect.Parameter, trailing: tuple[inspect.Parameter, ...] = ()
-) -> inspect.Signature:
-    """The keyword-only signature of the pruning parameters (for ``help()`` and IDEs)."""
-    params = [
-        inspect.Parameter(
-            p.name,
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=f"{p.kind.__name__} | None",
-        )
-        for p in PRUNING_PARAMETERS
-    ]
-    return inspect.Signature([*leading, *params, *trailing])
-
-
-resolve_params.__signature__ = parameter_signature(  # type: ignore[attr-defined]
-    trailing=(inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, default=None),)
-)
 
 
 def split_pruning_fields(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -36,6 +36,7 @@ from vllm.connections import HTTPConnection
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 
 from mipruner_vllm.config import get_settings
+from mipruner_vllm.errors import MiprunerError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ MAX_REDIRECTS = 10
 DEADLINE_SLACK_S = 0.5
 
 
-class MediaURLRefused(ValueError):
+class MediaURLRefused(MiprunerError, ValueError):
     """A media URL the policy refuses (vLLM answers a ``ValueError`` in media loading with a
     400)."""
 

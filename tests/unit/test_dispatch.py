@@ -249,3 +249,32 @@ def test_warmup_on_cpu_is_a_no_op_that_says_so(caplog):
     assert not report.ran and "cpu device" in report.reason
     assert "warm-up skipped" in caplog.text
     assert not warmup("cuda", torch.bfloat16, 64, backend="torch").ran
+
+
+def test_warmup_query_lengths_come_from_the_kernels_tile_rule():
+    """Each tile's shortest query picks that tile, one token less picks a smaller one."""
+    from mipruner_vllm.kernels.mi_select import (
+        TEXT_BLOCKS,
+        shortest_query_per_text_block,
+        text_block,
+    )
+
+    shortest = shortest_query_per_text_block()
+    assert sorted(shortest) == sorted(TEXT_BLOCKS)
+    for block, n_text in shortest.items():
+        assert text_block(n_text) == block
+        assert n_text == 1 or text_block(n_text - 1) < block
+    assert text_block(10 * TEXT_BLOCKS[-1]) == TEXT_BLOCKS[-1]  # long queries loop over tiles
+
+
+def test_the_kernel_registry_lists_every_triton_kernel():
+    """``launch.KERNELS`` (what the warm-up counts and the AOT check builds) misses no kernel."""
+    from mipruner_vllm.kernels.launch import KERNELS
+
+    jitted = set()
+    for path in (ROOT / "kernels").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel"):
+                if any(ast.unparse(d) == "triton.jit" for d in node.decorator_list):
+                    jitted.add(node.name)
+    assert jitted and {fn.fn.__name__ for fn in KERNELS.values()} == jitted

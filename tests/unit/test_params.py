@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -160,3 +164,33 @@ def test_split_pruning_fields_refuses_misspelt_keys():
     for typo in ("keep_ration", "mi_gamma", "pruning_mode", "trim_ratio"):
         with pytest.raises(PruningParameterError, match=f"^{typo}: unknown pruning field"):
             split_pruning_fields({typo: 1})
+
+
+def _exception_classes() -> dict[str, list[str]]:
+    """Every class of the installed packages' sources that is an exception: name -> base names
+    (read from the source, so the server's vLLM-importing modules need not be imported)."""
+    root = Path(__file__).resolve().parents[2]
+    bases: dict[str, list[str]] = {}
+    for folder in ("mipruner_vllm", "server", "kernels"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef):
+                    bases[node.name] = [ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases]
+
+    def is_exception(name: str) -> bool:
+        builtin = getattr(builtins, name, None)
+        if isinstance(builtin, type) and issubclass(builtin, BaseException):
+            return True
+        return any(is_exception(b) for b in bases.get(name, []))
+
+    return {name: found for name, found in bases.items() if is_exception(name)}
+
+
+def test_every_exception_of_the_project_has_the_one_root():
+    classes = _exception_classes()
+    assert {"RequestRefused", "MediaURLRefused", "DatasetError"} <= set(classes)
+
+    def rooted(name: str) -> bool:
+        return name == "MiprunerError" or any(rooted(b) for b in classes.get(name, []))
+
+    assert [name for name in classes if not rooted(name)] == []

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from mipruner_vllm.errors import PruningParameterError
 from mipruner_vllm.families import FAMILIES
@@ -191,15 +192,20 @@ def test_store_key_is_the_stock_hash_whatever_the_question_and_budget(
     )
 
 
-def test_other_resize_settings_never_share_an_entry(procs: tuple[Any, Any]) -> None:
+#: A processor setting that is not a pruning parameter and changes the encoded pixels, per
+#: family: the Qwen resize bound; LLaVA's normalisation (its CLIP tower takes one fixed size).
+OTHER_SETTING = {"qwen": {"max_pixels": 28 * 28 * 4}, "llava": {"do_normalize": False}}
+
+
+def test_other_processor_settings_never_share_an_entry(procs: tuple[Any, Any]) -> None:
     plugin, _ = procs
-    if "qwen" not in type(plugin).__name__.lower():
-        pytest.skip("resize kwargs are tested on the Qwen family (max_pixels)")
-    base = _content_key(_process(plugin, _ask("What is this?"), [_image()], keep_ratio=0.25))
-    resized = _process(
-        plugin, _ask("What is this?"), [_image()], keep_ratio=0.25, max_pixels=28 * 28 * 4
-    )
-    assert _content_key(resized) != base
+    family = "qwen" if "qwen" in type(plugin).__name__.lower() else "llava"
+    base = _process(plugin, _ask("What is this?"), [_image()], keep_ratio=0.25)
+    other = _process(plugin, _ask("What is this?"), [_image()], keep_ratio=0.25,
+                     **OTHER_SETTING[family])  # fmt: skip
+    pixels = [out["mm_kwargs"]["image"][0]["pixel_values"].data for out in (base, other)]
+    assert pixels[0].shape != pixels[1].shape or not torch.equal(*pixels), "setting had no effect"
+    assert _content_key(other) != _content_key(base)
 
 
 def test_same_image_in_two_turns_is_two_items_selected_for_their_own_questions(
