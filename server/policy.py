@@ -9,8 +9,11 @@ What it enforces (docs/security.md):
 
 * pruning fields: validated once (:func:`mipruner_vllm.params.params_from_request`) and moved,
   fully resolved and normalised, into ``mm_processor_kwargs`` on the generate routes; refused
-  at the top level elsewhere; look-alikes in any case or separator style (``Keep_Ratio``,
-  ``keepRatio``, ``keep-ratio``) and a top-level ``mipruner`` are refused naming the field to use;
+  at the top level elsewhere; a key that reads as a pruning field but is not one exactly is
+  refused naming the field to use: any case or separator style (``Keep_Ratio``, ``keepRatio``,
+  ``keep-ratio``, ``keepratio``), zero-width characters, compatibility forms (full-width
+  ``ｋｅｅｐ_ｒａｔｉｏ``) and Unicode confusables (``kеep_ratio`` with a Cyrillic ``е``); so is a
+  top-level ``mipruner``;
 * ``mm_processor_kwargs`` (anywhere in the body): only the pruning fields. The server runs
   vLLM with ``--trust-request-mm-kwargs``, and this allow-list is what makes that safe: no other
   processor argument (resolution, and so cost) reaches the processor;
@@ -23,8 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
+
+from confusable_homoglyphs.confusables import confusables_data
 
 from mipruner_vllm.config import MiprunerSettings
 from mipruner_vllm.errors import PruningParameterError
@@ -86,25 +92,75 @@ class Decision:
     params: PruningParams | None
 
 
+def _ascii_readings(char: str) -> frozenset[str]:
+    """What ``char`` may be read as: itself and its one-character ASCII look-alikes, lower-case.
+
+    The look-alikes are the Unicode confusables (Unicode TS #39's ``confusables.txt``, as
+    packaged by ``confusable-homoglyphs``): Cyrillic ``е`` reads as ``e``, ``0`` as ``o``.
+    """
+    readings = {char.lower()}
+    for homoglyph in confusables_data.get(char, ()):
+        if len(homoglyph["c"]) == 1 and homoglyph["c"].isascii():
+            readings.add(homoglyph["c"].lower())
+    return frozenset(readings)
+
+
+def _unformatted(key: str) -> str:
+    """``key`` without format characters (zero-width space and joiners, BOM: Unicode category
+    Cf, invisible) and in compatibility form (NFKC: full-width ``ｋ`` is ``k``)."""
+    return unicodedata.normalize("NFKC", "".join(c for c in key if unicodedata.category(c) != "Cf"))
+
+
 def canonical(key: str) -> str:
-    """``Keep_Ratio``, ``KEEP_RATIO``, ``keepRatio``, ``keep-ratio`` -> ``keep_ratio``."""
+    """``Keep_Ratio``, ``KEEP_RATIO``, ``keepRatio``, ``keep-ratio``, ``ｋｅｅｐ_ｒａｔｉｏ`` ->
+    ``keep_ratio``: the key's ASCII reading in snake case (look-alikes read as their first ASCII
+    reading, so ``kеep_ratio`` with a Cyrillic ``е`` gives ``keep_ratio`` too)."""
+    key = "".join(
+        c if c.isascii() else min(_ascii_readings(c) - {c.lower()}, default=c)
+        for c in _unformatted(key)
+    )
     snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
     return re.sub(r"[\s\-.]+", "_", snake).strip("_").lower()
+
+
+_SEPARATORS = re.compile(r"[\s\-._]+")
+#: Each pruning field without separators (``keepratio``), for keys written without any.
+_SQUASHED_FIELDS = {_SEPARATORS.sub("", field): field for field in REQUEST_FIELDS}
+
+
+def reads_as(key: str) -> str | None:
+    """The pruning field ``key`` reads as, ignoring case, separators, format characters,
+    compatibility forms and look-alike characters (``keepratio``, ``KEEPRATIO``,
+    ``keep\\u200bratio``, ``kеep_ratio``, ``keep_rati0``), else None."""
+    name = canonical(key)
+    if name in REQUEST_FIELDS:
+        return name
+    squashed = _SEPARATORS.sub("", _unformatted(key))
+    for plain, field in _SQUASHED_FIELDS.items():
+        if len(plain) == len(squashed) and all(
+            want in _ascii_readings(char) for char, want in zip(squashed, plain, strict=True)
+        ):
+            return field
+    return None
 
 
 def _lookalike(key: str) -> str | None:
     """The refusal message for a top-level key meant as a pruning field but not one, else None."""
     if key in REQUEST_FIELDS:
         return None
+    written = "" if key.isascii() else f" (written {ascii(key)})"
+    field = reads_as(key)
+    if field is not None:
+        return f"pruning fields are spelt exactly; use '{field}'{written}"
     name = canonical(key)
-    if name in REQUEST_FIELDS:
-        return f"pruning fields are spelt exactly; use '{name}'"
     if name == RESERVED_KEY or name.startswith(RESERVED_KEY + "_"):
-        return "is reserved for the plugin; the pruning fields are top-level: " + ", ".join(
-            REQUEST_FIELDS
+        return (
+            "is reserved for the plugin; the pruning fields are top-level: "
+            + ", ".join(REQUEST_FIELDS)
+            + written
         )
     if name.startswith(PRUNING_PREFIXES):
-        return "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
+        return "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS) + written
     return None
 
 
