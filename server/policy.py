@@ -25,6 +25,7 @@ What it enforces (docs/security.md):
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -90,6 +91,9 @@ class Decision:
     generate: bool
     #: The resolved parameters when the request may prune (None when pruning is off).
     params: PruningParams | None
+    #: Each media URL of the body -> where it sits (``messages[0].content[1].image_url``), so a
+    #: media failure names the path.
+    media: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _ascii_readings(char: str) -> frozenset[str]:
@@ -182,6 +186,89 @@ def _walk(body: Any, max_depth: int) -> Iterator[tuple[str, dict[str, Any], int]
                     stack.append((f"{path}[{index}]", child, depth + 1))
 
 
+#: Content-part keys whose value is a media URL (a string, or an object with a ``url``).
+MEDIA_URL_KEYS = ("image_url", "video_url", "audio_url")
+
+
+def media_paths(body: Any, max_depth: int) -> dict[str, str]:
+    """Each media URL in ``body`` -> its path (the first, if the same URL is given twice)."""
+    paths: dict[str, str] = {}
+    for path, obj, _ in _walk(body, max_depth):
+        for key in MEDIA_URL_KEYS:
+            value = obj.get(key)
+            url = value.get("url") if isinstance(value, dict) else value
+            if isinstance(url, str):
+                paths.setdefault(url, f"{path}.{key}" if path else key)
+    return paths
+
+
+#: Python's int() refuses longer digit strings (``sys.get_int_max_str_digits``, CVE-2020-10735).
+MAX_INT_DIGITS = 4300
+
+
+class _OversizedInteger:
+    """A JSON integer too long to convert, kept so that the refusal can name where it is."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int | _OversizedInteger:
+    digits = len(text.lstrip("-"))
+    return _OversizedInteger(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def _find_oversized(body: Any) -> tuple[str, _OversizedInteger] | None:
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _OversizedInteger):
+            return path or "body", value
+        children = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, list)
+            else ()
+        )
+        for key, child in children:
+            where = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+            stack.append((where, child))
+    return None
+
+
+def parse_body(raw: bytes, content_encoding: str | None = None) -> Any:
+    """The JSON of a request body, or :class:`RequestRefused` saying why it is not JSON.
+
+    Refused: a compressed body, bytes that are not UTF-8 (or UTF-16/32, which JSON allows),
+    malformed JSON, and integers longer than :data:`MAX_INT_DIGITS` digits (named by path).
+    Nesting deeper than the interpreter's recursion limit raises ``RecursionError``.
+    """
+    if content_encoding and content_encoding.strip().lower() not in ("", "identity"):
+        raise RequestRefused(
+            "body",
+            f"Content-Encoding {content_encoding.strip()!r} is not accepted; send the JSON "
+            "uncompressed",
+        )
+    if raw[:2] == b"\x1f\x8b":
+        raise RequestRefused("body", "is gzip-compressed; send the JSON uncompressed")
+    try:
+        body = json.loads(raw, parse_int=_parse_int)
+    except UnicodeDecodeError as exc:
+        raise RequestRefused(
+            "body", f"is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RequestRefused("body", f"is not valid JSON: {exc}") from None
+    found = _find_oversized(body)
+    if found is not None:
+        path, value = found
+        raise RequestRefused(
+            path, f"an integer of {value.digits} digits; at most {MAX_INT_DIGITS} are accepted"
+        )
+    return body
+
+
 def _check_media_io_kwargs(path: str, value: Any, settings: MiprunerSettings) -> None:
     allowed = set(settings.allowed_media_io_kwargs)
     hint = (
@@ -264,8 +351,11 @@ def apply_policy(
     if not isinstance(body, dict):
         # No vLLM route takes a top-level array, but what it nests is checked all the same.
         _check_structure(body, settings)
-        return Decision(body, generate=False, params=None)
+        return Decision(
+            body, generate=False, params=None, media=media_paths(body, settings.max_json_depth)
+        )
     _check_structure(body, settings)
+    media = media_paths(body, settings.max_json_depth)
     body = dict(body)
     generate = route in GENERATE_PATHS
     given: dict[str, Any] = {}
@@ -319,7 +409,7 @@ def apply_policy(
                 "the served model has no pruning support (its architecture is not one "
                 "the mipruner plugin handles), so pruning fields cannot be honoured",
             )
-        return Decision(body, generate=generate, params=None)
+        return Decision(body, generate=generate, params=None, media=media)
     carries_media = route != COMPLETIONS_PATH and not (
         route == INVOCATIONS_PATH and "messages" not in body
     )
@@ -329,4 +419,4 @@ def apply_policy(
         body["mm_processor_kwargs"] = request_fields(params)
     # /v1/completions carries no media in vLLM 0.32 (text or token prompts only), so the validated
     # fields have nothing to act on there; usage then reports 0 visual tokens.
-    return Decision(body, generate=generate, params=params)
+    return Decision(body, generate=generate, params=params, media=media)
