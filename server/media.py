@@ -80,13 +80,26 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
+def _legacy_ipv4(host: str) -> str | None:
+    """The dotted address of a host written in a legacy IPv4 form (``127.1``), else None."""
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
 def check_host(host: str | None, *, resolve: bool = True) -> None:
-    """Refuse ``host`` if it is, or (``resolve``) resolves to, a non-public address."""
+    """Refuse ``host`` if it is, or (``resolve``) resolves to, a non-public address, or if it is
+    an IPv4 address in a legacy form (``127.1``, ``2130706433``, ``0x7f000001``, ``0177.0.0.1``:
+    what ``inet_aton`` reads as an address, and the HTTP client refuses as a URL)."""
     if not host:
         raise MediaURLRefused("media URL has no host")
     bare = host.strip("[]")
+    legacy = None if _is_ip_literal(bare) else _legacy_ipv4(bare)
     if _is_ip_literal(bare):
         addresses = [bare]
+    elif legacy is not None:
+        addresses = [legacy]
     elif not resolve:
         return
     else:
@@ -102,6 +115,11 @@ def check_host(host: str | None, *, resolve: bool = True) -> None:
             f"media URL host {host!r} is a loopback, link-local, private or otherwise non-public "
             f"address ({refused[0]}); this server fetches only public addresses (an operator can "
             "allow others with --allow-private-media-urls)"
+        )
+    if legacy is not None:
+        raise MediaURLRefused(
+            f"media URL host {host!r} is an IPv4 address in a non-canonical form; write it as "
+            f"{legacy}"
         )
 
 
@@ -248,11 +266,15 @@ def _modality(media_io: Any) -> str:
 
 def _client_reason(exc: BaseException) -> str | None:
     """Why a failed media load is the client's doing, or None when it is the server's."""
-    cause = exc.__cause__
-    if isinstance(exc, VLLMClientError) and isinstance(cause, MediaURLRefused):
-        exc = cause  # vLLM's fetch-error conversion hides our refusal behind "Invalid URL"
+    if isinstance(exc, VLLMClientError) and exc.__cause__ is not None:
+        # vLLM's fetch-error conversion hides the reason (our refusal, say) behind "Invalid URL".
+        reason = _client_reason(exc.__cause__)
+        if reason is not None:
+            return reason
     if isinstance(exc, MediaURLRefused | _Undecodable):
         return str(exc)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"not a valid URL ({exc})"
     if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror):
         return f"media URL host {exc.host!r} does not resolve ({exc.os_error.strerror})"
     if isinstance(exc, aiohttp.ClientResponseError):
