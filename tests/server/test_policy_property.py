@@ -30,6 +30,7 @@ from mipruner_vllm.server.policy import (
     RequestRefused,
     apply_policy,
     canonical,
+    parse_body,
     reads_as,
 )
 
@@ -295,6 +296,31 @@ def test_a_key_that_reads_as_a_pruning_field_is_refused_naming_the_field(key, ro
         )
     assert err.value.field == key
     assert f"use '{reads_as(key)}'" in err.value.message
+
+
+raw_bodies = st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda value: json.dumps(value, allow_nan=True).encode(), _json()),
+    st.builds(
+        lambda digits, sign: b'{"max_tokens": [' + sign + b"7" * digits + b"]}",
+        st.integers(4290, 4310),
+        st.sampled_from([b"", b"-"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=raw_bodies, encoding=st.sampled_from([None, "", "identity", "gzip", "br"]))
+def test_any_body_parses_or_is_refused_naming_where(raw, encoding):
+    try:
+        body = parse_body(raw, encoding)
+    except RequestRefused as exc:
+        assert exc.field == "body" or exc.field.startswith("max_tokens"), exc.field
+        assert exc.message
+    else:
+        assert encoding in (None, "", "identity")
+        assert _same(body, json.loads(raw))  # exactly what Python's json reads
+        json.dumps(body, allow_nan=True)  # and what the dispatcher forwards
 
 
 def test_deep_body_is_refused_without_recursion():
