@@ -245,11 +245,6 @@ class _OversizedInteger:
         self.digits = digits
 
 
-def _parse_int(text: str) -> int | _OversizedInteger:
-    digits = len(text.lstrip("-"))
-    return _OversizedInteger(digits) if digits > MAX_INT_DIGITS else int(text)
-
-
 def _find_oversized(body: Any) -> tuple[str, _OversizedInteger] | None:
     stack: list[tuple[str, Any]] = [("", body)]
     while stack:
@@ -284,15 +279,24 @@ def parse_body(raw: bytes, content_encoding: str | None = None) -> Any:
         )
     if raw[:2] == b"\x1f\x8b":
         raise RequestRefused("body", "is gzip-compressed; send the JSON uncompressed")
+    oversized: list[_OversizedInteger] = []
+
+    def parse_int(text: str) -> int | _OversizedInteger:
+        digits = len(text.lstrip("-"))
+        if digits <= MAX_INT_DIGITS:
+            return int(text)
+        oversized.append(_OversizedInteger(digits))
+        return oversized[-1]
+
     try:
-        body = json.loads(raw, parse_int=_parse_int)
+        body = json.loads(raw, parse_int=parse_int)
     except UnicodeDecodeError as exc:
         raise RequestRefused(
             "body", f"is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start}"
         ) from None
     except json.JSONDecodeError as exc:
         raise RequestRefused("body", f"is not valid JSON: {exc}") from None
-    found = _find_oversized(body)
+    found = _find_oversized(body) if oversized else None  # walked only when there is one
     if found is not None:
         path, value = found
         raise RequestRefused(
