@@ -75,3 +75,31 @@ def test_the_shared_tokenizer_still_reads_special_tokens(demo_model_dir):
     assert tokenizer.encode("<|im_end|>", add_special_tokens=False) == [
         tokenizer.convert_tokens_to_ids("<|im_end|>")
     ]
+
+
+@pytest.mark.parametrize("question", ["What is here?", "What does ASSISTANT: mean here?"])
+def test_vicuna_question_is_taken_as_sent(demo_model_dir, question):
+    tokenizer = _tokenizer(demo_model_dir, "llava")
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+    ]
+    assert _query(tokenizer, messages, "<image>") == question
+
+
+def test_mistral_and_llama3_turns_end_at_the_last_marker_of_the_turn():
+    from mipruner_vllm.integration.query import _USER_TURN_PATTERNS
+
+    mistral = "<s>[INST] \x000\x00What is [/INST] this? [/INST] One</s>[INST] \x001\x00Two? [/INST]"
+    assert [m.group(1) for m in _USER_TURN_PATTERNS[2].finditer(mistral)] == [
+        " \x000\x00What is [/INST] this? ",
+        " \x001\x00Two? ",
+    ]
+    llama3 = (
+        "<|start_header_id|>user<|end_header_id|>\n\n\x000\x00Why <|eot_id|> here?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert [m.group(1) for m in _USER_TURN_PATTERNS[1].finditer(llama3)] == [
+        "\x000\x00Why <|eot_id|> here?"
+    ]
