@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import ipaddress
 import logging
 import socket
@@ -264,6 +265,10 @@ def _modality(media_io: Any) -> str:
     return next((m for m in ("image", "video", "audio") if name.startswith(m)), "media")
 
 
+#: Socket errors that say the server is out of resources, whatever URL it was fetching.
+_SERVER_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
 def _client_reason(exc: BaseException) -> str | None:
     """Why a failed media load is the client's doing, or None when it is the server's."""
     if isinstance(exc, VLLMClientError) and exc.__cause__ is not None:
@@ -273,6 +278,8 @@ def _client_reason(exc: BaseException) -> str | None:
             return reason
     if isinstance(exc, MediaURLRefused | _Undecodable):
         return str(exc)
+    if getattr(getattr(exc, "os_error", exc), "errno", None) in _SERVER_ERRNOS:
+        return None  # out of file descriptors or memory: the server's state, not the URL
     if isinstance(exc, aiohttp.InvalidURL):
         return f"not a valid URL ({exc})"
     if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http.server
 import threading
 
@@ -150,8 +151,11 @@ class _MediaIO:
 class _BrokenConnection:
     """An HTTP connection that fails the way a server-side fault would."""
 
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error or RuntimeError("the server's own fault")
+
     async def async_get_bytes(self, *args, **kwargs) -> bytes:
-        raise RuntimeError("the server's own fault")
+        raise self.error
 
 
 def _load(connector, url: str, media_io) -> object:
@@ -182,6 +186,11 @@ def test_the_servers_own_failures_are_not_refusals():
     broken = media.GuardedMediaConnector(connection=_BrokenConnection())
     with pytest.raises(RuntimeError, match="the server's own fault"):
         _load(broken, "http://8.8.8.8/a.png", _MediaIO())
+    out_of_files = media.GuardedMediaConnector(
+        connection=_BrokenConnection(OSError(errno.EMFILE, "Too many open files"))
+    )
+    with pytest.raises(OSError, match="Too many open files"):
+        _load(out_of_files, "http://8.8.8.8/a.png", _MediaIO())
 
 
 def test_a_download_over_the_size_limit_is_the_clients(narrowed_policy):
