@@ -17,6 +17,7 @@ COPY server ./server
 # vLLM, torch and transformers come from the base image; install only what it lacks.
 RUN python3 -m pip install --no-cache-dir --no-deps . \
  && python3 -m pip install --no-cache-dir "pydantic-settings>=2.2" "typer>=0.12" \
+    "confusable-homoglyphs>=3.3" \
  && python3 -c "import mipruner_vllm.plugin, mipruner_vllm.server.launcher"
 
 # One cache volume for both images: Hugging Face downloads and the demo checkpoint.

@@ -8,7 +8,12 @@ every API-server process vLLM starts. It only routes; each concern lives in its 
   (Starlette and vLLM read the first of duplicated headers; a decision must not depend on which
   one is read), goes through the request policy (:mod:`.policy`): a refusal is an HTTP 400 with
   an OpenAI error body naming the field, before vLLM sees anything; otherwise vLLM receives
-  the policy's re-serialised body, so it reads exactly what was checked;
+  the policy's re-serialised body, so it reads exactly what was checked. A body sent as JSON
+  that does not parse (compressed, not UTF-8, malformed, an integer too long to convert) gets
+  the same 400, naming ``body`` or the integer's path;
+* the media URLs of the body are named by path for the request's duration
+  (:func:`.media.request_media`), so a media failure that is the client's doing is a 400
+  naming ``messages[0].content[1].image_url``, say;
 * on the generate routes (:data:`.policy.GENERATE_PATHS`) the request runs inside
   :func:`mipruner_vllm.outcome.collect`, the pruning outcome is added to ``usage``
   (:mod:`.usage`, JSON and SSE alike), and the outcome is counted in the ``mipruner_`` metrics
@@ -31,13 +36,14 @@ from mipruner_vllm import metrics
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.outcome import RequestOutcome, collect
 from mipruner_vllm.server import hooks
-from mipruner_vllm.server import media as _media  # noqa: F401  (registers the media connector)
+from mipruner_vllm.server.media import request_media  # (importing it registers the connector)
 from mipruner_vllm.server.policy import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     GENERATE_PATHS,
     RequestRefused,
     apply_policy,
+    parse_body,
 )
 from mipruner_vllm.server.protocol import bad_request, openapi_with_pruning
 from mipruner_vllm.server.usage import UsageRewriter, dumps, usage_fields
@@ -102,6 +108,38 @@ def _headers_for(scope: Scope, length: int | None) -> list[tuple[bytes, bytes]]:
     if length is not None:
         kept.append((b"content-length", str(length).encode()))
     return kept
+
+
+def _first_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (the one Starlette and vLLM read), if any."""
+    value = next((v for k, v in scope.get("headers", []) if k.lower() == name), None)
+    return None if value is None else value.decode("latin-1")
+
+
+def _reads_json(content_type: str | None) -> bool:
+    """Whether vLLM's routes parse a body with this Content-Type as JSON (FastAPI does so for
+    none at all, ``application/json`` and any ``+json`` type)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type in ("", "application/json") or media_type.endswith("+json")
+
+
+def _parsed(scope: Scope, raw: bytes) -> Any:
+    """The JSON of the body; None when it is empty or not sent as JSON (vLLM answers those).
+
+    Raises :class:`RequestRefused` for a body sent as JSON that does not parse or nests too deep.
+    """
+    if not raw.strip():
+        return None
+    try:
+        return parse_body(raw, _first_header(scope, b"content-encoding"))
+    except RecursionError:
+        raise RequestRefused(
+            "body", f"nested deeper than {get_settings().max_json_depth} levels"
+        ) from None
+    except RequestRefused:
+        if _reads_json(_first_header(scope, b"content-type")):
+            raise
+        return None  # a form upload, say: vLLM's own parsing answers it
 
 
 def _set_content_length(
@@ -170,19 +208,11 @@ class PruningMiddleware:
             return
         path = scope["path"]
         app = scope.get("app")
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except RecursionError:
-            error = RequestRefused(
-                "body", f"nested deeper than {get_settings().max_json_depth} levels"
-            )
-            return await _send_json(send, 400, bad_request(error.field, error.message).model_dump())
-        except ValueError:
-            body = None  # not JSON (a form upload, or malformed): vLLM's own parsing answers it
-        if body is None:
-            return await self.app(scope, _Replay(raw, receive), send)
         pruning = hooks.pruning_enabled(app)
         try:
+            body = _parsed(scope, raw)
+            if body is None:
+                return await self.app(scope, _Replay(raw, receive), send)
             decision = apply_policy(
                 body, route=path, settings=get_settings(), pruning_enabled=pruning
             )
@@ -197,9 +227,10 @@ class PruningMiddleware:
         scope["headers"] = _headers_for(scope, len(forwarded))
         replay = _Replay(forwarded, receive)
         if not (decision.generate and pruning):
-            return await self.app(scope, replay, send)
+            with request_media(decision.media):
+                return await self.app(scope, replay, send)
         hooks.ensure_outcome_context(app)
-        with collect() as outcome:
+        with collect() as outcome, request_media(decision.media):
             status, rewriter, delivered = await self._run_with_usage(scope, replay, send, outcome)
         if status == 200 and rewriter is not None and rewriter.complete and delivered:
             metrics.record_request(

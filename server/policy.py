@@ -9,8 +9,11 @@ What it enforces (docs/security.md):
 
 * pruning fields: validated once (:func:`mipruner_vllm.params.params_from_request`) and moved,
   fully resolved and normalised, into ``mm_processor_kwargs`` on the generate routes; refused
-  at the top level elsewhere; look-alikes in any case or separator style (``Keep_Ratio``,
-  ``keepRatio``, ``keep-ratio``) and a top-level ``mipruner`` are refused naming the field to use;
+  at the top level elsewhere; a key that reads as a pruning field but is not one exactly is
+  refused naming the field to use: any case or separator style (``Keep_Ratio``, ``keepRatio``,
+  ``keep-ratio``, ``keepratio``), zero-width characters, compatibility forms (full-width
+  ``ｋｅｅｐ_ｒａｔｉｏ``) and Unicode confusables (``kеep_ratio`` with a Cyrillic ``е``); so is a
+  top-level ``mipruner``;
 * ``mm_processor_kwargs`` (anywhere in the body): only the pruning fields. The server runs
   vLLM with ``--trust-request-mm-kwargs``, and this allow-list is what makes that safe: no other
   processor argument (resolution, and so cost) reaches the processor;
@@ -22,9 +25,15 @@ What it enforces (docs/security.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import re
+import sys
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
+
+from confusable_homoglyphs.confusables import confusables_data
 
 from mipruner_vllm.config import MiprunerSettings
 from mipruner_vllm.errors import MiprunerError, PruningParameterError
@@ -84,27 +93,110 @@ class Decision:
     generate: bool
     #: The resolved parameters when the request may prune (None when pruning is off).
     params: PruningParams | None
+    #: Each media URL of the body -> where it sits (``messages[0].content[1].image_url``), so a
+    #: media failure names the path.
+    media: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ascii_readings(char: str) -> frozenset[str]:
+    """What ``char`` may be read as: itself and its one-character ASCII look-alikes, lower-case.
+
+    The look-alikes are the Unicode confusables (Unicode TS #39's ``confusables.txt``, as
+    packaged by ``confusable-homoglyphs``): Cyrillic ``е`` reads as ``e``, ``0`` as ``o``.
+    """
+    readings = {char.lower()}
+    for homoglyph in confusables_data.get(char, ()):
+        if len(homoglyph["c"]) == 1 and homoglyph["c"].isascii():
+            readings.add(homoglyph["c"].lower())
+    return frozenset(readings)
+
+
+#: Longer keys are not read for look-alikes in full (a pruning field has at most 17 characters;
+#: the bound keeps the fold's cost per key constant whatever a client sends).
+MAX_FOLDED_KEY = 32
+
+
+@functools.cache
+def _fold_tables() -> tuple[dict[int, None], dict[int, str]]:
+    """``str.translate`` tables: format characters to nothing, and each non-ASCII character that
+    has one-character ASCII look-alikes to the first of them. Built once, on first use (scanning
+    the code points takes about 0.3 s)."""
+    invisible: dict[int, None] = {
+        code: None for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"
+    }
+    lookalike: dict[int, str] = {}
+    for char in confusables_data:
+        readings = _ascii_readings(char) - {char.lower()}
+        if len(char) == 1 and not char.isascii() and readings:
+            lookalike[ord(char)] = min(readings)
+    return invisible, lookalike
+
+
+def _unformatted(key: str) -> str:
+    """``key`` without format characters (zero-width space and joiners, BOM: Unicode category
+    Cf, invisible) and in compatibility form (NFKC: full-width ``ｋ`` is ``k``)."""
+    if key.isascii():
+        return key
+    return unicodedata.normalize("NFKC", key.translate(_fold_tables()[0]))
+
+
+def _folded(key: str) -> tuple[str, str]:
+    """``key`` unformatted (:func:`_unformatted`), and its ASCII reading in snake case."""
+    plain = _unformatted(key)
+    reading = plain if plain.isascii() else plain.translate(_fold_tables()[1])
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", reading)
+    return plain, re.sub(r"[\s\-.]+", "_", snake).strip("_").lower()
 
 
 def canonical(key: str) -> str:
-    """``Keep_Ratio``, ``KEEP_RATIO``, ``keepRatio``, ``keep-ratio`` -> ``keep_ratio``."""
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
-    return re.sub(r"[\s\-.]+", "_", snake).strip("_").lower()
+    """``Keep_Ratio``, ``KEEP_RATIO``, ``keepRatio``, ``keep-ratio``, ``ｋｅｅｐ_ｒａｔｉｏ`` ->
+    ``keep_ratio``: the key's ASCII reading in snake case (look-alikes read as their first ASCII
+    reading, so ``kеep_ratio`` with a Cyrillic ``е`` gives ``keep_ratio`` too)."""
+    return _folded(key)[1]
+
+
+_SEPARATORS = re.compile(r"[\s\-._]+")
+#: Each pruning field without separators (``keepratio``), for keys written without any.
+_SQUASHED_FIELDS = {_SEPARATORS.sub("", field): field for field in REQUEST_FIELDS}
+
+
+def _field_read(plain: str, name: str) -> str | None:
+    if name in REQUEST_FIELDS:
+        return name
+    squashed = _SEPARATORS.sub("", plain)
+    for bare, field in _SQUASHED_FIELDS.items():
+        if len(bare) == len(squashed) and all(
+            want in _ascii_readings(char) for char, want in zip(squashed, bare, strict=True)
+        ):
+            return field
+    return None
+
+
+def reads_as(key: str) -> str | None:
+    """The pruning field ``key`` reads as, ignoring case, separators, format characters,
+    compatibility forms and look-alike characters (``keepratio``, ``KEEPRATIO``,
+    ``keep\\u200bratio``, ``kеep_ratio``, ``keep_rati0``), else None."""
+    return _field_read(*_folded(key))
 
 
 def _lookalike(key: str) -> str | None:
     """The refusal message for a top-level key meant as a pruning field but not one, else None."""
     if key in REQUEST_FIELDS:
         return None
-    name = canonical(key)
-    if name in REQUEST_FIELDS:
-        return f"pruning fields are spelt exactly; use '{name}'"
+    plain, name = _folded(key[:MAX_FOLDED_KEY])  # the start is what the prefix rules read
+    field = _field_read(plain, name) if len(key) <= MAX_FOLDED_KEY else None
+    written = "" if key.isascii() else f" (written {ascii(key[:MAX_FOLDED_KEY])})"
+    if field is not None:
+        return f"pruning fields are spelt exactly; use '{field}'{written}"
     if name == RESERVED_KEY or name.startswith(RESERVED_KEY + "_"):
-        return "is reserved for the plugin; the pruning fields are top-level: " + ", ".join(
-            REQUEST_FIELDS
+        return (
+            "is reserved for the plugin; the pruning fields are top-level: "
+            + ", ".join(REQUEST_FIELDS)
+            + written
         )
     if name.startswith(PRUNING_PREFIXES):
-        return "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS)
+        return "unknown pruning field; allowed: " + ", ".join(REQUEST_FIELDS) + written
     return None
 
 
@@ -124,6 +216,93 @@ def _walk(body: Any, max_depth: int) -> Iterator[tuple[str, dict[str, Any], int]
             for index, child in enumerate(value):
                 if isinstance(child, dict | list):
                     stack.append((f"{path}[{index}]", child, depth + 1))
+
+
+#: Content-part keys whose value is a media URL (a string, or an object with a ``url``).
+MEDIA_URL_KEYS = ("image_url", "video_url", "audio_url")
+
+
+def media_paths(body: Any, max_depth: int) -> dict[str, str]:
+    """Each media URL in ``body`` -> its path (the first, if the same URL is given twice)."""
+    paths: dict[str, str] = {}
+    for path, obj, _ in _walk(body, max_depth):
+        for key in MEDIA_URL_KEYS:
+            value = obj.get(key)
+            url = value.get("url") if isinstance(value, dict) else value
+            if isinstance(url, str):
+                paths.setdefault(url, f"{path}.{key}" if path else key)
+    return paths
+
+
+#: Python's int() refuses longer digit strings (``sys.get_int_max_str_digits``, CVE-2020-10735).
+MAX_INT_DIGITS = 4300
+
+
+class _OversizedInteger:
+    """A JSON integer too long to convert, kept so that the refusal can name where it is."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _find_oversized(body: Any) -> tuple[str, _OversizedInteger] | None:
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _OversizedInteger):
+            return path or "body", value
+        children = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, list)
+            else ()
+        )
+        for key, child in children:
+            where = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+            stack.append((where, child))
+    return None
+
+
+def parse_body(raw: bytes, content_encoding: str | None = None) -> Any:
+    """The JSON of a request body, or :class:`RequestRefused` saying why it is not JSON.
+
+    Refused: a compressed body, bytes that are not UTF-8 (or UTF-16/32, which JSON allows),
+    malformed JSON, and integers longer than :data:`MAX_INT_DIGITS` digits (named by path).
+    Nesting deeper than the interpreter's recursion limit raises ``RecursionError``.
+    """
+    if content_encoding and content_encoding.strip().lower() not in ("", "identity"):
+        raise RequestRefused(
+            "body",
+            f"Content-Encoding {content_encoding.strip()!r} is not accepted; send the JSON "
+            "uncompressed",
+        )
+    if raw[:2] == b"\x1f\x8b":
+        raise RequestRefused("body", "is gzip-compressed; send the JSON uncompressed")
+    oversized: list[_OversizedInteger] = []
+
+    def parse_int(text: str) -> int | _OversizedInteger:
+        digits = len(text.lstrip("-"))
+        if digits <= MAX_INT_DIGITS:
+            return int(text)
+        oversized.append(_OversizedInteger(digits))
+        return oversized[-1]
+
+    try:
+        body = json.loads(raw, parse_int=parse_int)
+    except UnicodeDecodeError as exc:
+        raise RequestRefused(
+            "body", f"is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RequestRefused("body", f"is not valid JSON: {exc}") from None
+    found = _find_oversized(body) if oversized else None  # walked only when there is one
+    if found is not None:
+        path, value = found
+        raise RequestRefused(
+            path, f"an integer of {value.digits} digits; at most {MAX_INT_DIGITS} are accepted"
+        )
+    return body
 
 
 def _check_media_io_kwargs(path: str, value: Any, settings: MiprunerSettings) -> None:
@@ -208,8 +387,11 @@ def apply_policy(
     if not isinstance(body, dict):
         # No vLLM route takes a top-level array, but what it nests is checked all the same.
         _check_structure(body, settings)
-        return Decision(body, generate=False, params=None)
+        return Decision(
+            body, generate=False, params=None, media=media_paths(body, settings.max_json_depth)
+        )
     _check_structure(body, settings)
+    media = media_paths(body, settings.max_json_depth)
     body = dict(body)
     generate = route in GENERATE_PATHS
     given: dict[str, Any] = {}
@@ -263,7 +445,7 @@ def apply_policy(
                 "the served model has no pruning support (its architecture is not one "
                 "the mipruner plugin handles), so pruning fields cannot be honoured",
             )
-        return Decision(body, generate=generate, params=None)
+        return Decision(body, generate=generate, params=None, media=media)
     carries_media = route != COMPLETIONS_PATH and not (
         route == INVOCATIONS_PATH and "messages" not in body
     )
@@ -273,4 +455,4 @@ def apply_policy(
         body["mm_processor_kwargs"] = request_fields(params)
     # /v1/completions carries no media in vLLM 0.32 (text or token prompts only), so the validated
     # fields have nothing to act on there; usage then reports 0 visual tokens.
-    return Decision(body, generate=generate, params=params)
+    return Decision(body, generate=generate, params=params, media=media)

@@ -12,11 +12,17 @@ both reach the multimodal processor with the same templated prompt token ids:
    (``USER: ... ASSISTANT:``, LLaVA-1.5 / LLaVA-NeXT-vicuna), Mistral (``[INST] ... [/INST]``)
    and Llama-3 headers. A prompt that matches none of them (a raw prompt without a template) uses
    the whole prompt as the turn.
-3. From that turn, everything that is not the user's question is removed: special and added
-   tokens (vision markers, turn markers), the role label, ``Picture n:`` / ``Video n:`` labels that
-   some templates put before media, and surrounding whitespace. The system prompt is never part of
-   a user turn, so it is excluded by step 2.
-4. The remaining text is tokenized with the model's tokenizer (no special tokens added).
+   A turn ends at its end marker only where the next turn or the prompt's end follows, so a
+   client's text that contains a marker string (``<|im_end|>``, which the prompt's tokenizer
+   turns into the real token) does not cut the question.
+3. From that turn, everything that is not the user's question is removed: the media markers
+   with the template's special tokens around them (``<|vision_start|>``...``<|vision_end|>``),
+   the role label, ``Picture n:`` / ``Video n:`` labels that some templates put before media, and
+   surrounding whitespace. The system prompt is never part of a user turn, so it is excluded by
+   step 2. Special-token strings elsewhere in the turn are the client's text and stay.
+4. The remaining text is tokenized with the model's tokenizer as plain text: no special tokens
+   added, and special-token strings read as the characters they are (the question as the client
+   sent it).
 
 A turn without text (image only) gives N_T = 0; the selection then follows the documented
 uniform-stride rule of :func:`mipruner_vllm.pruning.select.select_tokens_batch`.
@@ -26,6 +32,8 @@ This module needs only a tokenizer (anything with ``decode``/``encode``), not vL
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,16 +41,30 @@ from typing import Any
 _MARK = "\x00{}\x00"
 _MARK_RE = re.compile(r"\x00\d+\x00")
 
-# Content of user turns, per template family. Each pattern's group 1 is the turn's content.
+# Content of user turns, per template family. Each pattern's group 1 is the turn's content. A
+# turn ends at its end marker only where the next turn (or the prompt's end) follows, and where
+# the template's markers are plain text (Mistral, Vicuna) at the last one before the next turn:
+# a client's own text may contain the marker strings (a literal "<|im_end|>", which the prompt's
+# tokenizer turns into the very same token), and must not cut the question there.
 _USER_TURN_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"<\|im_start\|>user\n(.*?)(?=<\|im_end\|>|<\|im_start\|>|$)", re.S),
     re.compile(
-        r"<\|start_header_id\|>user<\|end_header_id\|>\n*(.*?)"
-        r"(?=<\|eot_id\|>|<\|start_header_id\|>|$)",
+        r"<\|im_start\|>user\n(.*?)(?:<\|im_end\|>\s*(?=<\|im_start\|>(?:system|user|assistant|tool)\b)"
+        r"|<\|im_end\|>\s*$|$)",
         re.S,
     ),
-    re.compile(r"\[INST\](.*?)(?=\[/INST\]|$)", re.S),
-    re.compile(r"(?:^|(?<=\s)|(?<=>))USER:(.*?)(?=ASSISTANT:|(?<=\s)USER:|$)", re.S),
+    re.compile(
+        r"<\|start_header_id\|>user<\|end_header_id\|>\n*(.*?)"
+        r"(?:<\|eot_id\|>(?=<\|start_header_id\|>|\s*$)|$)",
+        re.S,
+    ),
+    re.compile(
+        r"\[INST\]((?:(?!\[INST\]).)*?)(?:\[/INST\](?!(?:(?!\[INST\]).)*\[/INST\])|$)", re.S
+    ),
+    re.compile(
+        r"(?:^|(?<=\s)|(?<=>))USER:((?:(?!(?<=\s)USER:).)*?)"
+        r"(?:ASSISTANT:(?!(?:(?!(?<=\s)USER:).)*ASSISTANT:)|$)",
+        re.S,
+    ),
 )
 # Labels some chat templates put right before a media item ("Picture 1: <|vision_start|>...").
 _MEDIA_LABEL_RE = re.compile(r"(?:Picture|Image|Video)\s*\d+\s*:\s*(?=\x00)")
@@ -63,11 +85,44 @@ def _special_tokens(tokenizer: Any) -> tuple[list[str], set[int]]:
 
 
 def _clean(turn: str, specials: Sequence[str]) -> str:
+    """The question of a user turn: without media labels, media markers and the template's
+    special tokens around each marker (``<|vision_start|>`` ... ``<|vision_end|>``). Special-token
+    strings elsewhere are the client's own text and stay."""
     turn = _MEDIA_LABEL_RE.sub("", turn)
-    turn = _MARK_RE.sub(" ", turn)
-    for special in specials:
-        turn = turn.replace(special, " ")
-    return turn.strip()
+    if specials:
+        # One on each side: the template's own (Qwen's vision start/end pair), not the client's.
+        around = "(?:" + "|".join(re.escape(s) for s in specials) + ")?"
+        turn = re.sub(around + r"\x00\d+\x00" + around, " ", turn)
+    return _MARK_RE.sub(" ", turn).strip()
+
+
+@functools.lru_cache(maxsize=8)
+def _plain_text_tokenizer(tokenizer: Any) -> Any:
+    """A private copy of ``tokenizer`` that reads special-token strings as plain text, or None.
+
+    A copy, because Hugging Face's fast tokenizers implement ``split_special_tokens`` by setting
+    a flag on the shared Rust tokenizer: set on vLLM's own instance, it would race with the
+    renderer tokenizing another request's chat prompt in another thread.
+    """
+    try:
+        plain = copy.deepcopy(tokenizer)
+        plain.encode("<s>", add_special_tokens=False, split_special_tokens=True)
+    except Exception:  # a tokenizer without the option: special strings are dropped instead
+        return None
+    return plain
+
+
+def _encode_text(tokenizer: Any, text: str) -> list[int]:
+    """``text`` as token ids, special-token strings in it read as the text they are."""
+    try:
+        plain = _plain_text_tokenizer(tokenizer)
+    except TypeError:  # an unhashable tokenizer wrapper: no cached copy
+        plain = None
+    if plain is not None:
+        return [
+            int(i) for i in plain.encode(text, add_special_tokens=False, split_special_tokens=True)
+        ]
+    return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
 
 
 def query_token_ids(
@@ -117,7 +172,7 @@ def query_token_ids(
         span = spans.get(index, (0, len(text)))
         if span not in encoded:
             question = _clean(text[span[0] : span[1]], specials)
-            ids = tokenizer.encode(question, add_special_tokens=False) if question else []
-            encoded[span] = [int(i) for i in ids if int(i) not in special_ids]
+            ids = _encode_text(tokenizer, question) if question else []
+            encoded[span] = [i for i in ids if i not in special_ids]
         out.setdefault(modality, []).append(list(encoded[span]))
     return out

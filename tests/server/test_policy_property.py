@@ -30,6 +30,8 @@ from mipruner_vllm.server.policy import (
     RequestRefused,
     apply_policy,
     canonical,
+    parse_body,
+    reads_as,
 )
 
 pytestmark = pytest.mark.server
@@ -55,7 +57,40 @@ LOOKALIKES = [
     "pruning_seeds",
     "trim_ratio",
     "Pruning-Method",
+    "keepratio",
+    "KEEPRATIO",
+    "keeptokens",
+    "pruningmethod",
+    "keep\u200bratio",
+    "\uff4b\uff45\uff45\uff50_\uff52\uff41\uff54\uff49\uff4f",
+    "k\u0435ep_ratio",
 ]
+#: One-character look-alikes (Unicode confusables) of letters in the pruning fields.
+CONFUSABLE = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "i": "\u0456"}
+
+
+def _disguise(field: str, how: int, at: int) -> str:
+    """``field`` written so that it reads the same but is not the same string."""
+    at %= len(field)
+    if how == 0:
+        return field.replace("_", "")
+    if how == 1:
+        return field.upper()
+    if how == 2:
+        return field[:at] + "\u200b" + field[at:]  # zero-width space
+    if how == 3:
+        return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in field)  # full-width
+    if how == 4:
+        swappable = [i for i, c in enumerate(field) if c in CONFUSABLE] or [0]
+        i = swappable[at % len(swappable)]
+        return field[:i] + CONFUSABLE.get(field[i], field[i]) + field[i + 1 :]
+    return field.replace("_", "-").title()
+
+
+#: Keys that read as a pruning field (case, separators, zero-width, width, confusables).
+disguised = st.builds(
+    _disguise, st.sampled_from(list(REQUEST_FIELDS)), st.integers(0, 5), st.integers(0, 40)
+).filter(lambda key: key not in REQUEST_FIELDS)
 OTHER_KEYS = [
     "model",
     "max_tokens",
@@ -133,7 +168,7 @@ messages = st.lists(
     ),
     max_size=2,
 )
-body_keys = st.sampled_from([*REQUEST_FIELDS, *LOOKALIKES, *OTHER_KEYS])
+body_keys = st.one_of(st.sampled_from([*REQUEST_FIELDS, *LOOKALIKES, *OTHER_KEYS]), disguised)
 bodies = st.builds(
     lambda base, kwargs, io, msgs, uuids, use: {
         **base,
@@ -190,6 +225,7 @@ def _allowed_body(out, route, policy_settings, enabled):
         assert key not in REQUEST_FIELDS, key  # moved into mm_processor_kwargs (or dropped)
         assert not (
             name in REQUEST_FIELDS
+            or reads_as(key) is not None
             or name.startswith(PRUNING_PREFIXES)
             or name.startswith("mipruner")
         ), key
@@ -246,6 +282,45 @@ def _same(a, b) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=disguised, route=st.sampled_from(GENERATE_PATHS))
+def test_a_key_that_reads_as_a_pruning_field_is_refused_naming_the_field(key, route):
+    with pytest.raises(RequestRefused) as err:
+        apply_policy(
+            {"model": "m", key: 0.5},
+            route=route,
+            settings=MiprunerSettings(),
+            pruning_enabled=True,
+        )
+    assert err.value.field == key
+    assert f"use '{reads_as(key)}'" in err.value.message
+
+
+raw_bodies = st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda value: json.dumps(value, allow_nan=True).encode(), _json()),
+    st.builds(
+        lambda digits, sign: b'{"max_tokens": [' + sign + b"7" * digits + b"]}",
+        st.integers(4290, 4310),
+        st.sampled_from([b"", b"-"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=raw_bodies, encoding=st.sampled_from([None, "", "identity", "gzip", "br"]))
+def test_any_body_parses_or_is_refused_naming_where(raw, encoding):
+    try:
+        body = parse_body(raw, encoding)
+    except RequestRefused as exc:
+        assert exc.field == "body" or exc.field.startswith("max_tokens"), exc.field
+        assert exc.message
+    else:
+        assert encoding in (None, "", "identity")
+        assert _same(body, json.loads(raw))  # exactly what Python's json reads
+        json.dumps(body, allow_nan=True)  # and what the dispatcher forwards
 
 
 def test_deep_body_is_refused_without_recursion():

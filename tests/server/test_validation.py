@@ -136,10 +136,14 @@ def test_non_pruning_errors_still_come_from_vllm(http):
     # Not our business: vLLM's own validation answers it, in the same error shape.
     response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": "not a list"})
     assert response.status_code in (400, 422)
+    assert "error" in response.json()
+
+
+def test_a_body_that_is_not_json_is_400_naming_the_body(http):
     response = http.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert response.status_code in (400, 422)
+    _assert_400(response, "body", "not valid JSON")
 
 
 def test_tokenize_route_is_guarded_and_honours_pruning_kwargs(http):

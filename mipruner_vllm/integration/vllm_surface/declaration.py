@@ -510,6 +510,46 @@ SURFACE: tuple[VllmName, ...] = (
         params=("self", "url", "media_io", "*", "fetch_timeout"),
     ),
     _n(
+        "MediaConnector.allowed_local_media_path",
+        "attribute",
+        "file URLs are refused with a 400 unless the operator set --allowed-local-media-path",
+        "vllm.multimodal.media.connector:MediaConnector.allowed_local_media_path",
+    ),
+    _n(
+        "MediaIO.load_bytes",
+        "override",
+        "the connector's decoders are wrapped so that bytes that do not decode are a 400",
+        "vllm.multimodal.media.base:MediaIO.load_bytes",
+        params=("self", "data"),
+    ),
+    _n(
+        "MediaIO.load_base64",
+        "override",
+        "the connector's decoders are wrapped so that bytes that do not decode are a 400",
+        "vllm.multimodal.media.base:MediaIO.load_base64",
+        params=("self", "media_type", "data"),
+    ),
+    _n(
+        "MediaIO.load_file",
+        "override",
+        "the connector's decoders are wrapped so that bytes that do not decode are a 400",
+        "vllm.multimodal.media.base:MediaIO.load_file",
+        params=("self", "filepath"),
+    ),
+    _n(
+        "VLLMValidationError",
+        "subclass",
+        "a media failure that is the client's doing (MediaRefused): vLLM answers it with a "
+        "400 whose param is the item's path in the request",
+        "vllm.exceptions:VLLMValidationError",
+    ),
+    _n(
+        "VLLMClientError",
+        "import",
+        "vLLM's fetch-error conversion raises one (a 422) around our own URL refusal",
+        "vllm.exceptions:VLLMClientError",
+    ),
+    _n(
         "HTTPConnection",
         "subclass",
         "the HTTP client whose resolver refuses non-public addresses, on every redirect hop",
