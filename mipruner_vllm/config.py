@@ -54,7 +54,7 @@ class Parameter:
     """
 
     name: str
-    kind: type  # float, int or str
+    kind: type  # float, int, str or bool
     default: Any
     description: str
     request: str
@@ -77,13 +77,15 @@ class Parameter:
 
     @property
     def json_type(self) -> str:
-        return {float: "number", int: "integer", str: "string"}[self.kind]
+        return {float: "number", int: "integer", str: "string", bool: "boolean"}[self.kind]
 
     @property
     def allowed(self) -> str:
         """The allowed values in words, used verbatim in every error message and doc table."""
         if self.choices is not None:
             return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
         if self.kind is int:
             text = f"an integer >= {self.ge:g}" if self.ge is not None else "an integer"
             return text + (f" and <= {self.le}" if self.le is not None else "")
@@ -184,6 +186,15 @@ PRUNING_PARAMETERS: tuple[Parameter, ...] = (
         deprecated_names=("random_seed",),
         description="Seed of the 'random' method (the same seed gives the same selection).",
     ),
+    Parameter(
+        "pruning_detail",
+        bool,
+        False,
+        request="pruning_detail",
+        description="Return which visual tokens each media item kept (usage.pruning_detail: "
+        "grid, kept indices, the method that ran; docs/kept-patches.md). Such a request shares "
+        "no cache entry with another.",
+    ),
 )
 PARAMETERS_BY_NAME: dict[str, Parameter] = {p.name: p for p in PRUNING_PARAMETERS}
 PARAMETERS_BY_REQUEST: dict[str, Parameter] = {p.request: p for p in PRUNING_PARAMETERS}
@@ -221,6 +232,17 @@ class MiprunerSettings(_PruningDefaults):
         description="If set, vLLM workers append one JSON line per pruned media item "
         "(kept indices, query token ids, parameters) to <debug_dir>/selections.jsonl; "
         "for tests and debugging only.",
+    )
+    detail_dir: str | None = Field(
+        None,
+        description="Where workers hand a request's pruning_detail to the API server (one "
+        "short-lived file per media item); unset: /dev/shm/mipruner-detail-<uid>. Must be one "
+        "directory that every API-server and worker process of the server sees.",
+    )
+    playground: bool = Field(
+        False,
+        description="Serve the playground page at /playground (docs/kept-patches.md); off by "
+        "default (docs/security.md).",
     )
     encoder_store_bytes: int = Field(
         1 << 30,

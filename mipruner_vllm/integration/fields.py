@@ -71,12 +71,22 @@ def _bits_float(bits: int) -> float:
     return struct.unpack("<d", struct.pack("<q", bits))[0]
 
 
-def encode_params(params: PruningParams) -> torch.Tensor:
-    """The params vector of one item (see the module docstring); exact for every value."""
+#: The slot of ``pruning_detail``: it carries the item's detail token (0: no detail asked).
+DETAIL_SLOT = PARAM_LAYOUT.index("pruning_detail")
+
+
+def encode_params(params: PruningParams, detail_token: int = 0) -> torch.Tensor:
+    """The params vector of one item (see the module docstring); exact for every value.
+
+    ``detail_token``: the item's key for handing its kept indices back to the API server
+    (:mod:`mipruner_vllm.detail`); it fills the ``pruning_detail`` slot (0: not asked).
+    """
     slots = []
     for p in PRUNING_PARAMETERS:
         value = getattr(params, p.name)
-        if value is None:
+        if p.name == "pruning_detail":
+            slots.append(int(detail_token))
+        elif value is None:
             slots.append(UNSET)
         elif p.choices is not None:
             slots.append(p.choices.index(value))
@@ -98,6 +108,8 @@ def decode_params(vector: torch.Tensor) -> PruningParams:
     for p, slot in zip(PRUNING_PARAMETERS, slots, strict=True):
         if slot == UNSET:
             values[p.name] = None
+        elif p.kind is bool:
+            values[p.name] = slot != 0
         elif p.choices is not None:
             values[p.name] = p.choices[slot]
         elif p.kind is float:
@@ -105,6 +117,11 @@ def decode_params(vector: torch.Tensor) -> PruningParams:
         else:
             values[p.name] = slot
     return PruningParams.model_construct(**values)  # type: ignore[return-value]
+
+
+def detail_token(vector: torch.Tensor) -> int:
+    """The detail token an item's params vector carries (0: the request asked no detail)."""
+    return int(vector.reshape(-1)[DETAIL_SLOT])
 
 
 def unbatch(value: Any, n: int) -> list[torch.Tensor]:

@@ -14,6 +14,8 @@ it does with a batch is here, as plain functions over torch tensors:
   in ``embed_multimodal`` stops vLLM's engine;
 * :class:`SelectionTimer`: the selection latency without host syncs;
 * :func:`selection_record`, :func:`append_jsonl`: the debug JSONL lines (``MIPRUNER_DEBUG_DIR``).
+* :func:`detail_record`: what the worker reports for a request that asked ``pruning_detail``
+  (:mod:`mipruner_vllm.detail`).
 
 Nothing here imports the metrics: the caller passes what observes a latency or counts a fallback
 (the worker passes :mod:`mipruner_vllm.metrics`' functions).
@@ -32,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mipruner_vllm.detail import worker_record
 from mipruner_vllm.params import PruningParams, request_fields
 from mipruner_vllm.pruning.dispatch import RanOn, Selection
 from mipruner_vllm.pruning.reference import uniform_stride
@@ -48,6 +51,7 @@ __all__ = [
     "SelectionTimer",
     "StorePlan",
     "append_jsonl",
+    "detail_record",
     "plan_store_lookups",
     "plan_tower_calls",
     "select_frames",
@@ -79,6 +83,8 @@ class ItemRequest:
 
     params: PruningParams
     query_ids: torch.Tensor  # (N_T,) int64
+    #: The item's pruning-detail token (:mod:`mipruner_vllm.detail`); 0: no detail asked.
+    detail_token: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,6 +457,27 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def detail_record(item: EncodedItem, request: ItemRequest, chosen: ItemSelection | None) -> dict:
+    """What the worker reports for an item whose request asked ``pruning_detail``.
+
+    The kept indices are the selected ones among the item's prunable rows (its token grid, in the
+    order the model emits it), ascending; ``None`` for an item that was not pruned (all kept).
+    ``method`` is what ran: ``none`` when nothing was dropped, ``uniform_stride`` on a fallback
+    (whose reason is ``fallback``), else the requested method.
+    """
+    if chosen is None:
+        fixed = int(item.fixed.sum()) if item.fixed is not None else 0
+        return worker_record(int(item.embeds.shape[0]) - fixed, None, "none", None)
+    if chosen.fallback is not None:
+        method = "uniform_stride"
+    elif chosen.selected.numel() >= chosen.n_visual:
+        method = "none"
+    else:
+        method = request.params.method
+    kept = chosen.selected.tolist()
+    return worker_record(chosen.n_visual, kept, method, chosen.fallback)
 
 
 def selection_record(item: EncodedItem, request: ItemRequest, chosen: ItemSelection) -> dict:

@@ -39,11 +39,13 @@ from typing import Any
 
 import torch
 
+from mipruner_vllm import detail
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.integration.fields import (
     content_field,
     decode_content_keys,
     decode_params,
+    detail_token,
     params_field,
     text_field,
     unbatch,
@@ -64,6 +66,7 @@ from mipruner_vllm.pruning.encoder_batch import (
     ItemSelection,
     SelectionTimer,
     append_jsonl,
+    detail_record,
     plan_store_lookups,
     plan_tower_calls,
     select_items,
@@ -95,7 +98,7 @@ def item_requests(
             else [torch.zeros(0, dtype=torch.long)] * len(params_list)
         )
         per_modality[modality] = [
-            ItemRequest(decode_params(p), t.reshape(-1).long())
+            ItemRequest(decode_params(p), t.reshape(-1).long(), detail_token(p))
             for p, t in zip(params_list, text_list, strict=True)
         ]
     cursor: dict[str, int] = {}
@@ -346,7 +349,15 @@ class MIPrunerModelMixin:
         requests: list[ItemRequest | None],
         chosen: dict[int, ItemSelection],
     ) -> None:
-        """The debug JSONL line of each pruned item (``MIPRUNER_DEBUG_DIR``)."""
+        """The pruning detail of each item that asked for it (rank 0 only: every rank selects
+        the same), and the debug JSONL line of each pruned item (``MIPRUNER_DEBUG_DIR``)."""
+        asked = [k for k, r in enumerate(requests) if r is not None and r.detail_token]
+        if asked and self._mipruner_is_first_rank():
+            for k in asked:
+                request = requests[k]
+                record = detail_record(items[k], request, chosen.get(k))  # type: ignore[arg-type]
+                detail.write_item(request.detail_token, record)  # type: ignore[union-attr]
+            detail.sweep_now_and_then()  # files nobody read (offline use, aborted requests)
         debug_dir = get_settings().debug_dir
         if not debug_dir or not chosen:
             return
