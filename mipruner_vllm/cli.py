@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model``, ``serve`` and ``eval-sweep``.
+"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model``, ``serve``, ``eval-sweep``, ``explain``.
 
 Each subcommand imports its implementation lazily, so ``mipruner-vllm --help`` stays fast and
 nothing imports vLLM before it is needed.
@@ -74,6 +74,21 @@ def eval_sweep(ctx: typer.Context) -> None:
     from mipruner_vllm.evaluation.sweep import main as sweep_main
 
     raise typer.Exit(sweep_main(list(ctx.args)))
+
+
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def explain(ctx: typer.Context) -> None:
+    """PNG of the patches a running server kept for an image/video and a question, with the
+    answer. `explain --help` for flags."""
+    from mipruner_vllm.explain import main as explain_main
+
+    raise typer.Exit(explain_main(list(ctx.args)))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,12 @@ class PruningFields(BaseModel):
         le=SEED_MAX,
         description="Seed of the 'random' method (the same seed gives the same selection).",
     )
+    pruning_detail: Annotated[bool, RequestName("pruning_detail")] = Field(
+        False,
+        description="Return which visual tokens each media item kept (usage.pruning_detail: "
+        "grid, kept indices, the method that ran; docs/kept-patches.md). Such a request shares "
+        "no cache entry with another.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +257,17 @@ class MiprunerSettings(BaseSettings, PruningFields):
         description="If set, vLLM workers append one JSON line per pruned media item "
         "(kept indices, query token ids, parameters) to <debug_dir>/selections.jsonl; "
         "for tests and debugging only.",
+    )
+    detail_dir: str | None = Field(
+        None,
+        description="Where workers hand a request's pruning_detail to the API server (one "
+        "short-lived file per media item); unset: /dev/shm/mipruner-detail-<uid>. Must be one "
+        "directory that every API-server and worker process of the server sees.",
+    )
+    playground: bool = Field(
+        False,
+        description="Serve the playground page at /playground (docs/kept-patches.md); off by "
+        "default (docs/security.md).",
     )
     encoder_store_bytes: int = Field(
         1 << 30,

@@ -6,6 +6,10 @@ item had (N_V) and how many are kept (N_keep). The server wants those numbers in
 ``usage``; the metrics want them as counters. The processor calls :func:`record_item` once per
 item; a caller that wants the numbers of its own request wraps the request in :func:`collect`
 (a ``contextvars`` scope, so concurrent requests never see each other's items).
+
+An item of a request that asks ``pruning_detail`` also carries its detail token and token grid;
+:meth:`RequestOutcome.pruning_detail` turns them into the response's ``usage.pruning_detail``
+from what the worker reported (:mod:`mipruner_vllm.detail`), once per request.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+from mipruner_vllm import detail
 
 
 @dataclass(frozen=True)
@@ -22,11 +29,49 @@ class ItemOutcome:
     n_visual: int
     n_kept: int
     method: str
+    #: The item's detail token (:func:`mipruner_vllm.detail.new_token`); 0: no detail asked.
+    detail_token: int = 0
+    #: (t, h, w) of the item's visual tokens in LLM tokens (after the spatial merge).
+    grid: tuple[int, int, int] | None = None
 
 
 @dataclass
 class RequestOutcome:
     items: list[ItemOutcome] = field(default_factory=list)
+    _detail: list[dict[str, Any]] | None = None
+
+    @property
+    def detail_tokens(self) -> list[int]:
+        return [item.detail_token for item in self.items if item.detail_token]
+
+    def pruning_detail(self) -> list[dict[str, Any]] | None:
+        """``usage.pruning_detail``: per item in prompt order, what the worker kept.
+
+        ``None`` when the request did not ask. Read once (the worker's files are deleted as
+        they are read) and kept on this object only for the rest of the response.
+        """
+        if not self.detail_tokens:
+            return None
+        if self._detail is None:
+            detail.sweep()
+            budget = detail.MAX_RESPONSE_INDICES
+            self._detail = []
+            for item in self.items:
+                entry, used = detail.item_entry(
+                    item.modality,
+                    item.n_visual,
+                    item.n_kept,
+                    item.grid,
+                    detail.take_item(item.detail_token) if item.detail_token else None,
+                    budget,
+                )
+                budget -= used
+                self._detail.append(entry)
+        return self._detail
+
+    def discard_detail(self) -> None:
+        """The request has ended: no file of its items may outlive it."""
+        detail.discard(self.detail_tokens)
 
     @property
     def visual_tokens(self) -> int:
@@ -53,8 +98,16 @@ def collect() -> Iterator[RequestOutcome]:
         _current.reset(token)
 
 
-def record_item(modality: str, n_visual: int, n_kept: int, method: str) -> None:
+def record_item(
+    modality: str,
+    n_visual: int,
+    n_kept: int,
+    method: str,
+    *,
+    detail_token: int = 0,
+    grid: tuple[int, int, int] | None = None,
+) -> None:
     """Called by the processor once per media item of a request."""
     outcome = _current.get()
     if outcome is not None:
-        outcome.items.append(ItemOutcome(modality, n_visual, n_kept, method))
+        outcome.items.append(ItemOutcome(modality, n_visual, n_kept, method, detail_token, grid))

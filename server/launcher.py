@@ -74,6 +74,12 @@ SERVER_FLAGS: dict[str, tuple[str, Any, str]] = {
         "Let the server fetch media URLs on loopback, link-local and private addresses "
         "(off by default).",
     ),
+    "--playground": (
+        "playground",
+        bool,
+        "Serve the playground page at /playground: upload an image, see the kept patches "
+        "(off by default; docs/security.md).",
+    ),
     "--encoder-store-bytes": (
         "encoder_store_bytes",
         int,

@@ -20,6 +20,8 @@ every API-server process vLLM starts. It only routes; each concern lives in its 
   only when the response reached the client complete (a 200 with a whole body, or a stream that
   ended with its final event, and no client disconnect);
 * ``GET /openapi.json`` gets the pruning fields (:mod:`.protocol`);
+* ``GET /playground`` serves the playground page when ``--playground`` is on
+  (:mod:`.playground`);
 * at lifespan shutdown it notes whether vLLM's engine had stopped, so the launcher can exit with a
   failure status when nobody asked it to stop (``docker --restart on-failure``, systemd and
   Kubernetes then restart it).
@@ -37,6 +39,7 @@ from mipruner_vllm.config import get_settings
 from mipruner_vllm.outcome import RequestOutcome, collect
 from mipruner_vllm.server import hooks
 from mipruner_vllm.server.media import request_media  # (importing it registers the connector)
+from mipruner_vllm.server.playground import PLAYGROUND_PATH, send_page
 from mipruner_vllm.server.policy import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -46,7 +49,12 @@ from mipruner_vllm.server.policy import (
     parse_body,
 )
 from mipruner_vllm.server.protocol import bad_request, openapi_with_pruning
-from mipruner_vllm.server.usage import UsageRewriter, dumps, usage_fields
+from mipruner_vllm.server.usage import (
+    UsageRewriter,
+    check_detail_request,
+    dumps,
+    usage_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +192,12 @@ class PruningMiddleware:
         if scope["type"] == "http":
             if scope["method"] == "POST":
                 return await self._post(scope, receive, send)
+            if (
+                scope["method"] == "GET"
+                and scope["path"] == PLAYGROUND_PATH
+                and get_settings().playground
+            ):
+                return await send_page(send)
             if scope["method"] == "GET" and scope["path"] == getattr(
                 scope.get("app"), "openapi_url", None
             ):
@@ -216,6 +230,8 @@ class PruningMiddleware:
             decision = apply_policy(
                 body, route=path, settings=get_settings(), pruning_enabled=pruning
             )
+            if decision.generate:
+                check_detail_request(decision.body, decision.params)
         except RequestRefused as exc:
             return await _send_json(send, 400, bad_request(exc.field, exc.message).model_dump())
         # allow_nan: NaN in a non-pruning field is vLLM's to judge (its parser reads it), not a 500
@@ -231,7 +247,12 @@ class PruningMiddleware:
                 return await self.app(scope, replay, send)
         hooks.ensure_outcome_context(app)
         with collect() as outcome, request_media(decision.media):
-            status, rewriter, delivered = await self._run_with_usage(scope, replay, send, outcome)
+            try:
+                status, rewriter, delivered = await self._run_with_usage(
+                    scope, replay, send, outcome
+                )
+            finally:
+                outcome.discard_detail()  # nothing of the request's detail outlives it
         if status == 200 and rewriter is not None and rewriter.complete and delivered:
             metrics.record_request(
                 decision.body.get("model") or rewriter.model or "unknown", outcome
@@ -255,11 +276,11 @@ class PruningMiddleware:
                 headers = list(message.get("headers", []))
                 content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
                 if message["status"] == 200 and content_type.startswith(b"application/json"):
-                    rewriter = UsageRewriter("json", lambda: usage_fields(outcome))
+                    rewriter = UsageRewriter("json", lambda final: usage_fields(outcome, final))
                     state["start"] = message  # held until the body is known
                     return
                 if message["status"] == 200 and content_type.startswith(b"text/event-stream"):
-                    rewriter = UsageRewriter("sse", lambda: usage_fields(outcome))
+                    rewriter = UsageRewriter("sse", lambda final: usage_fields(outcome, final))
                     message = {**message, "headers": _set_content_length(headers, None)}
                 await send(message)
                 return

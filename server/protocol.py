@@ -17,6 +17,27 @@ from pydantic import BaseModel, Field
 from mipruner_vllm.params import REQUEST_FIELDS, RequestFields
 
 
+class ItemDetail(BaseModel):
+    """One media item of ``usage.pruning_detail`` (requests with ``pruning_detail: true``)."""
+
+    modality: str
+    grid: list[int] | None = Field(
+        description="(t, h, w) of the item's visual tokens in LLM tokens after the spatial "
+        "merge; null where they form no single grid (LLaVA-NeXT: indices are flat)."
+    )
+    visual_tokens: int
+    visual_tokens_kept: int
+    method: str | None = Field(
+        description="What ran: none (nothing dropped), uniform_stride (a fallback), or the "
+        "requested method."
+    )
+    fallback: str | None = Field(description="The fallback reason, when one ran.")
+    kept: list[int] | None = Field(
+        description="Kept token indices, ascending, row-major in grid; null when omitted."
+    )
+    omitted: str | None = Field(None, description="Why kept is null.")
+
+
 class PruningUsage(BaseModel):
     """Fields added to the response's ``usage`` (also in the final usage chunk of a stream)."""
 
@@ -27,6 +48,11 @@ class PruningUsage(BaseModel):
         description=(
             "Visual tokens kept and sent to the LLM (sum of N_keep); included in prompt_tokens."
         ),
+    )
+    pruning_detail: list[ItemDetail] | None = Field(
+        None,
+        description="Per media item in prompt order, which tokens the worker kept; only when "
+        "the request set pruning_detail (a stream: in its final usage chunk).",
     )
 
 

@@ -6,6 +6,11 @@ chat batch and SageMaker ``/invocations``; ``response.usage`` for the Responses 
 adds the fields; :class:`UsageRewriter` applies it to a whole JSON body or to each event of a
 stream, and reports whether the response reached its end (``[DONE]`` or a final Responses event),
 which is what the metrics count.
+
+A request that asked ``pruning_detail`` also gets ``usage.pruning_detail``
+(:meth:`mipruner_vllm.outcome.RequestOutcome.pruning_detail`) in its final usage only: the whole
+JSON body, the usage-only chunk that ends a chat or completions stream (``"choices": []``), or
+the Responses API's final event.
 """
 
 from __future__ import annotations
@@ -15,17 +20,36 @@ from collections.abc import Callable
 from typing import Any
 
 from mipruner_vllm.outcome import RequestOutcome
+from mipruner_vllm.server.policy import RequestRefused
 
 #: Responses API stream events after which a response is complete.
 RESPONSES_FINAL_EVENTS = ("response.completed", "response.incomplete")
 
 
-def usage_fields(outcome: RequestOutcome) -> dict[str, int]:
-    """The fields this layer adds to ``usage`` (see :class:`.protocol.PruningUsage`)."""
-    return {
+def usage_fields(outcome: RequestOutcome, final: bool = True) -> dict[str, Any]:
+    """The fields this layer adds to ``usage`` (see :class:`.protocol.PruningUsage`); the
+    pruning detail only to the ``final`` usage of a response, and only when it was asked."""
+    fields: dict[str, Any] = {
         "visual_tokens": outcome.visual_tokens,
         "visual_tokens_kept": outcome.visual_tokens_kept,
     }
+    if final and outcome.detail_tokens:
+        fields["pruning_detail"] = outcome.pruning_detail()
+    return fields
+
+
+def check_detail_request(body: dict[str, Any], params: Any) -> None:
+    """Refuse a streamed request that asks ``pruning_detail`` but no final usage chunk (where
+    the detail would come): it would be silently dropped otherwise."""
+    if params is None or not params.pruning_detail or not body.get("stream"):
+        return
+    options = body.get("stream_options")
+    if not (isinstance(options, dict) and options.get("include_usage") is True):
+        raise RequestRefused(
+            "pruning_detail",
+            "in a stream the detail comes with the final usage chunk; "
+            'set "stream_options": {"include_usage": true}',
+        )
 
 
 def dumps(payload: Any) -> bytes:
@@ -33,7 +57,7 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-def add_usage(payload: Any, fields: dict[str, int]) -> bool:
+def add_usage(payload: Any, fields: dict[str, Any]) -> bool:
     """Add ``fields`` to the ``usage`` object of ``payload`` in place; False if it has none."""
     if not isinstance(payload, dict):
         return False
@@ -52,7 +76,7 @@ class UsageRewriter:
     carried its final event; ``model`` is the served model name read from the response.
     """
 
-    def __init__(self, mode: str, extra: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, mode: str, extra: Callable[[bool], dict[str, Any]]) -> None:
         self.mode = mode
         self._extra = extra
         self._buffer = b""
@@ -70,7 +94,7 @@ class UsageRewriter:
         self.complete = isinstance(payload, dict)
         if isinstance(payload, dict) and isinstance(payload.get("model"), str):
             self.model = payload["model"]
-        if add_usage(payload, self._extra()):
+        if add_usage(payload, self._extra(True)):
             return dumps(payload)
         return data
 
@@ -118,7 +142,9 @@ class UsageRewriter:
                 model = payload["response"].get("model")
             if isinstance(model, str):
                 self.model = model
-        if not add_usage(payload, self._extra()):
+        # The usage-only chunk closes a chat/completions stream; a final event a Responses one.
+        last = payload.get("choices") == [] or payload.get("type") in RESPONSES_FINAL_EVENTS
+        if not add_usage(payload, self._extra(last)):
             return event
         lines[index] = b"data: " + dumps(payload)
         return b"\n".join(lines)

@@ -63,12 +63,21 @@ def strip_pruning_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k not in PRUNING_REQUEST_KEYS}
 
 
-def encode_params(params: PruningParams) -> torch.Tensor:
-    """The params vector of one item (see the module docstring); exact for every value."""
+#: The slot of ``pruning_detail``: it carries the item's detail token (0: no detail asked).
+DETAIL_SLOT = PARAM_LAYOUT.index("pruning_detail")
+
+
+def encode_params(params: PruningParams, detail_token: int = 0) -> torch.Tensor:
+    """The params vector of one item (see the module docstring); exact for every value.
+
+    ``detail_token``: the item's key for handing its kept indices back to the API server
+    (:mod:`mipruner_vllm.detail`); it fills the ``pruning_detail`` slot (0: not asked).
+    """
     slots = [
         UNSET if getattr(params, p.name) is None else p.to_slot(getattr(params, p.name))
         for p in PRUNING_PARAMETERS
     ]
+    slots[DETAIL_SLOT] = int(detail_token)
     return torch.tensor(slots, dtype=torch.int64)
 
 
@@ -84,6 +93,11 @@ def decode_params(vector: torch.Tensor) -> PruningParams:
         for p, slot in zip(PRUNING_PARAMETERS, slots, strict=True)
     }
     return PruningParams.model_construct(**values)
+
+
+def detail_token(vector: torch.Tensor) -> int:
+    """The detail token an item's params vector carries (0: the request asked no detail)."""
+    return int(vector.reshape(-1)[DETAIL_SLOT])
 
 
 def unbatch(value: Any, n: int) -> list[torch.Tensor]:

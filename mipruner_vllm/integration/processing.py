@@ -31,6 +31,11 @@ mixins below wrap a stock vLLM processor so that, per request:
    (:meth:`~mipruner_vllm.params.PruningParams.n_keep`) and ``n_fixed`` the tokens a
    family always keeps (LLaVA-NeXT row newlines; 0 elsewhere).
 4. :func:`mipruner_vllm.outcome.record_item` is called once per item and request.
+5. A request that asks ``pruning_detail`` gives each item a fresh detail token
+   (:mod:`mipruner_vllm.detail`): in the spec, in the item's hash (so no cache serves the item
+   without the worker selecting it) and in the params vector's ``pruning_detail`` slot; the
+   token and the item's token grid (:meth:`MIPrunerProcessorMixin._mipruner_item_grid`) are
+   recorded with the item's outcome.
 
 Memory profiling (``get_dummy_mm_inputs``) always runs unpruned, so the encoder is profiled at
 its true peak whatever the default keep ratio is.
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -48,6 +54,7 @@ import torch
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing.processor import PromptReplacement, PromptUpdateDetails
 
+from mipruner_vllm.detail import new_token
 from mipruner_vllm.errors import PruningParameterError
 from mipruner_vllm.integration.fields import (
     CONTENT_KWARG,
@@ -56,6 +63,7 @@ from mipruner_vllm.integration.fields import (
     SELECTION_VERSION,
     content_field,
     decode_params,
+    detail_token,
     encode_content_key,
     encode_params,
     params_field,
@@ -87,6 +95,8 @@ class PrunedPlaceholder(PromptUpdateDetails):
     n_visual: int = 0
     n_kept: int = 0
     method: str = "none"
+    detail_token: int = 0
+    grid: tuple[int, int, int] | None = None
 
 
 def _cache_missing(
@@ -143,7 +153,8 @@ class MIPrunerProcessorMixin:
         kwargs[CONTENT_KWARG] = self._mipruner_content(
             dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs)
         )
-        if params.prunes:
+        wants_detail = bool(params.pruning_detail) and not _profiling.get()
+        if params.prunes or wants_detail:
             counts = inputs.mm_data_items.get_all_counts()
             texts = query_token_ids(
                 self.info.get_tokenizer(),
@@ -159,6 +170,12 @@ class MIPrunerProcessorMixin:
                 },
                 "version": SELECTION_VERSION,
             }
+            if wants_detail:
+                kwargs[PRUNING_KWARG]["detail"] = {
+                    m: [new_token() for _ in range(counts.get(m, 0))]
+                    for m in self.mipruner_modalities
+                    if counts.get(m, 0)
+                }
         inputs = dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs)
         return super().apply(inputs, timing_ctx)  # type: ignore[misc]
 
@@ -209,6 +226,7 @@ class MIPrunerProcessorMixin:
             if texts is None:
                 out[modality] = list(hashes)
                 continue
+            tokens = spec.get("detail", {}).get(modality, [0] * len(hashes))
             out[modality] = [
                 MultiModalHasher.hash_kwargs(
                     algorithm,
@@ -217,6 +235,7 @@ class MIPrunerProcessorMixin:
                         "params": spec["params"],
                         "text": texts[i],
                         "version": spec["version"],
+                        "detail": tokens[i],
                     },
                 )
                 for i, h in enumerate(hashes)
@@ -248,6 +267,8 @@ class MIPrunerProcessorMixin:
             kwargs.pop(PRUNING_KWARG, None)
             return kwargs
         kwargs[PRUNING_KWARG] = {**spec, "text": _cache_missing(spec["text"], mm_is_cached)}
+        if "detail" in spec:
+            kwargs[PRUNING_KWARG]["detail"] = _cache_missing(spec["detail"], mm_is_cached)
         return kwargs
 
     # -- per-item fields ---------------------------------------------------------------------------
@@ -268,7 +289,8 @@ class MIPrunerProcessorMixin:
                 vectors = [encode_params(KEEP_ALL)] * n
                 texts = [torch.zeros(0, dtype=torch.int64)] * n
             else:
-                vectors = [encode_params(params)] * n
+                tokens = spec.get("detail", {}).get(modality, [0] * n)  # type: ignore[union-attr]
+                vectors = [encode_params(params, token) for token in tokens]
                 texts = [torch.tensor(ids, dtype=torch.int64) for ids in spec["text"][modality]]  # type: ignore[index]
             processed[params_field(modality)] = torch.stack(vectors)
             processed[text_field(modality)] = texts
@@ -333,11 +355,14 @@ class MIPrunerProcessorMixin:
             modality, item_idx, mm_items, item, len(full_ids)
         )
         n_kept = params.n_keep(n_visual)
+        token = detail_token(item[params_field(modality)].data)
         return PrunedPlaceholder(
             full=[self._mipruner_placeholder_id(modality)] * (n_kept + n_fixed),
             n_visual=n_visual,
             n_kept=n_kept,
             method=params.applied_method,
+            detail_token=token,
+            grid=self._mipruner_item_grid(modality, item, n_visual) if token else None,
         )
 
     def _maybe_apply_prompt_updates(self, mm_items: Any, mm_res: Any) -> Any:
@@ -352,7 +377,14 @@ class MIPrunerProcessorMixin:
                             # whatever method was asked for: nothing was selected.
                             kept_whole = content.n_kept >= content.n_visual
                             method = "none" if kept_whole else content.method
-                            record_item(modality, content.n_visual, content.n_kept, method)
+                            record_item(
+                                modality,
+                                content.n_visual,
+                                content.n_kept,
+                                method,
+                                detail_token=content.detail_token,
+                                grid=content.grid,
+                            )
         return result
 
     # -- family hooks ------------------------------------------------------------------------------
@@ -373,3 +405,12 @@ class MIPrunerProcessorMixin:
         ``n_stock`` is the stock placeholder count; the default reads it as all prunable.
         """
         return n_stock, 0
+
+    def _mipruner_item_grid(
+        self, modality: str, item: Any, n_visual: int
+    ) -> tuple[int, int, int] | None:
+        """(t, h, w) of an item's ``n_visual`` prunable tokens in LLM tokens, row-major in the
+        order the model emits them; ``None`` where they form no such grid (the default: a
+        square count is read as one square frame, LLaVA's fixed 24 x 24)."""
+        side = math.isqrt(n_visual)
+        return (1, side, side) if side * side == n_visual else None

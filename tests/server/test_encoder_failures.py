@@ -85,3 +85,18 @@ def test_nan_embeddings_fall_back_and_the_server_keeps_serving(nan_server):
     assert "falls back to the uniform-stride selection (non_finite)" in nan_server.log.read_text(
         errors="replace"
     )
+
+
+def test_pruning_detail_reports_the_fallback_the_worker_used(nan_server):
+    """The detail of a fallen-back item is the uniform stride the worker kept, with its reason."""
+    from mipruner_vllm.params import resolve_params
+    from mipruner_vllm.pruning.encoder_batch import uniform_fallback
+
+    response = _chat(
+        nan_server, image_messages("Which corner?", seed=5), keep_ratio=0.25, pruning_detail=True
+    )
+    assert response.status_code == 200, response.text
+    [item] = response.json()["usage"]["pruning_detail"]
+    assert item["method"] == "uniform_stride" and item["fallback"] == "non_finite"
+    expected = uniform_fallback(N_VISUAL, 1, resolve_params(keep_ratio=0.25))
+    assert item["kept"] == expected.tolist()

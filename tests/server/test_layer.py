@@ -101,7 +101,7 @@ def test_sse_rewriter_adds_usage_fields_across_split_chunks():
     outcome = RequestOutcome([ItemOutcome("image", 16, 4, "mi")])
     rewriter = UsageRewriter(
         "sse",
-        lambda: {
+        lambda final: {
             "visual_tokens": outcome.visual_tokens,
             "visual_tokens_kept": outcome.visual_tokens_kept,
         },

@@ -151,7 +151,12 @@ def test_openapi_documents_pruning_fields(http):
             "maximum": SEED_MAX,
         }
         assert "mi" in props["pruning_method"]["anyOf"][0]["enum"]
-    assert set(components["MIPrunerUsage"]["properties"]) == {"visual_tokens", "visual_tokens_kept"}
+    assert set(components["MIPrunerUsage"]["properties"]) == {
+        "visual_tokens",
+        "visual_tokens_kept",
+        "pruning_detail",  # only for requests with pruning_detail: true
+    }
+    assert props["pruning_detail"]["anyOf"][0]["type"] == "boolean"
     for path in ("/v1/chat/completions", "/v1/completions"):
         assert "visual_tokens_kept" in schema["paths"][path]["post"]["description"]
 

@@ -22,16 +22,16 @@ from mipruner_vllm.integration.fields import (
     params_field,
     text_field,
 )
-from mipruner_vllm.integration.models.common import (
+from mipruner_vllm.integration.models.common import MIPrunerModelMixin
+from mipruner_vllm.integration.store import EncoderStore, item_nbytes
+from mipruner_vllm.metrics import ENCODER_STORE_EVICTIONS, ENCODER_STORE_HITS, SELECTION_FALLBACKS
+from mipruner_vllm.pruning.encoder_batch import (
     BatchLayout,
     EncodedItem,
-    MIPrunerModelMixin,
     plan_tower_calls,
     slice_batch,
     uniform_fallback,
 )
-from mipruner_vllm.integration.store import EncoderStore, item_nbytes
-from mipruner_vllm.metrics import ENCODER_STORE_EVICTIONS, ENCODER_STORE_HITS, SELECTION_FALLBACKS
 from mipruner_vllm.pruning.reference import uniform_stride
 
 pytestmark = pytest.mark.unit

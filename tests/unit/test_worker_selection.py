@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """The worker-side selection of the model mixin, without an engine.
 
-``MIPrunerModelMixin._mipruner_select_frames`` is the worker's one batched call: plain items are
+``pruning.encoder_batch.select_frames`` is the worker's one batched call: plain items are
 selected as a whole, a video of T frames is selected frame by frame with the frame's share of the
 video budget (``PruningParams.n_keep_per_frame``), all in the same call.
+``select_with_fallback`` gives an item that cannot be selected the uniform stride.
 ``MIPrunerModelMixin._mipruner_select`` scores on the first ``score_dim`` columns and returns
 whole rows, so Qwen3-VL's deepstack columns follow the kept indices.
 """
@@ -16,13 +17,14 @@ import torch
 from mipruner_vllm import resolve_params, select_tokens
 from mipruner_vllm.integration.fields import encode_params
 from mipruner_vllm.integration.models.common import EncodedItem, MIPrunerModelMixin
+from mipruner_vllm.pruning import encoder_batch
 
 pytestmark = pytest.mark.unit
 
 
 def select_frames(*args):
     """Each item's selected rows (the mixin also reports the backends: see the last test)."""
-    return MIPrunerModelMixin._mipruner_select_frames(*args).indices
+    return encoder_batch.select_frames(*args).indices
 
 
 def _item(rows: int, hidden: int = 16, seed: int = 0) -> torch.Tensor:
@@ -126,7 +128,7 @@ def test_each_item_reports_the_backend_that_ran_it() -> None:
     ``none`` for an item that needed no scores (no query text), whatever its frame count."""
     params = resolve_params(keep_ratio=0.25)
     no_text = torch.zeros(0, 16)
-    selection = MIPrunerModelMixin._mipruner_select_frames(
+    selection = encoder_batch.select_frames(
         [1, 3, 2],
         [_item(20), _item(36, seed=1), _item(24, seed=2)],
         [_item(4), _item(4), no_text],
@@ -134,3 +136,58 @@ def test_each_item_reports_the_backend_that_ran_it() -> None:
     )
     assert selection.backends == ["torch", "torch", "none"]
     assert selection.label == "torch"
+
+
+def test_an_item_that_cannot_be_selected_falls_back_alone() -> None:
+    """A NaN item gets the uniform stride (reason ``non_finite``); its batch neighbours keep the
+    selection they would get on their own."""
+    params = resolve_params(keep_ratio=0.25)
+    good, bad, text = _item(20, seed=1), _item(24, seed=2), _item(4, seed=3)
+    bad[3, 5] = float("nan")
+    selection, reasons = encoder_batch.select_with_fallback(
+        [1, 2], [good, bad], [text, text], [params, params]
+    )
+    assert reasons == [None, "non_finite"]
+    assert torch.equal(selection.indices[0], select_tokens(good, text, keep_ratio=0.25))
+    assert torch.equal(selection.indices[1], encoder_batch.uniform_fallback(24, 2, params))
+    assert selection.backends == ["torch", "torch"]
+
+
+def test_select_items_keeps_fixed_rows_and_skips_unpruned_items() -> None:
+    """``select_items``: always-kept rows are added back in order, never scored; an item whose
+    request does not prune (keep_ratio 1) or has no request is left out."""
+    hidden = 16
+    table = _item(50, hidden, seed=5)
+    embeds = _item(12, hidden, seed=6)
+    fixed = torch.zeros(12, dtype=torch.bool)
+    fixed[[0, 11]] = True
+    items = [
+        EncodedItem("image", embeds, hidden, fixed=fixed),
+        EncodedItem("image", _item(8, hidden), hidden),
+        EncodedItem("video", _item(8, hidden), hidden),
+    ]
+    query = torch.tensor([1, 2, 3])
+    requests = [
+        encoder_batch.ItemRequest(resolve_params(keep_tokens=4), query),
+        encoder_batch.ItemRequest(resolve_params(keep_ratio=1.0), query),
+        None,
+    ]
+    timer = encoder_batch.SelectionTimer(lambda *_: None)
+    embed = _Model(table)._mipruner_embed_texts
+    chosen = encoder_batch.select_items(items, requests, embed, timer)
+    assert list(chosen) == [0]
+    expected = select_tokens(embeds[1:11], table[query], keep_tokens=4) + 1
+    assert torch.equal(chosen[0].selected + 1, expected)
+    assert chosen[0].kept.tolist() == sorted([0, 11, *expected.tolist()])
+    assert chosen[0].n_visual == 10 and chosen[0].fallback is None
+
+
+def test_store_plan_encodes_each_missing_content_once() -> None:
+    stored = {b"a": "A"}
+    plan = encoder_batch.plan_store_lookups(
+        [b"a", b"b", None, b"b", b"a"], [1, 1, 1, 1, 1], lambda key, _: stored.get(key)
+    )
+    assert plan.results == ["A", None, None, None, None]
+    assert plan.todo == [1, 2]
+    assert plan.copies == [(3, 1), (4, 0)]
+    assert (plan.hits, plan.misses) == (3, 1)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Model side of the plugin (worker process): the encoder path and the per-item selection.
+"""Model side of the plugin (worker process): the vLLM hooks of the encoder path.
 
 :class:`MIPrunerModelMixin` wraps a stock model's ``embed_multimodal``. A family subclass encodes
 a batch exactly as stock vLLM does (vision tower + projector) and describes each item
@@ -11,16 +11,13 @@ a batch exactly as stock vLLM does (vision tower + projector) and describes each
    tower; the tower runs on the missing items only, in calls of at most the unpruned tokens
    vLLM's memory profile covered (its scheduler charges the *pruned* counts, so a batch can hold
    many more images than were profiled);
-2. embeds every item's query tokens with the LLM's own *input* embedding table
-   (``get_language_model().embed_input_ids``; tensor-parallel safe), in one call;
-3. calls :func:`~mipruner_vllm.pruning.select.select_batch` once for all pruned items of
-   the batch (Triton kernels on CUDA, torch reference on CPU), scoring on the first
-   ``score_dim`` columns (Qwen3-VL appends deepstack features after them); an item of several
-   frames with fixed per-frame placeholder counts (Qwen3-VL video) is selected frame by frame in
-   that same call, each frame with its share of the item budget. An item that cannot be selected
-   (NaN/inf embeddings, any selection error) falls back to the uniform stride
-   (:func:`uniform_fallback`), logged and counted; nothing here raises for data reasons, because
-   an exception in ``embed_multimodal`` stops vLLM's engine;
+2. unbatches each item's pruning parameters and query ids from the processor's fields, and
+   selects every pruned item in one call
+   (:func:`~mipruner_vllm.pruning.encoder_batch.select_items`: scoring on the first
+   ``score_dim`` columns, per frame for frame-wise items, the uniform-stride fallback for an
+   item that cannot be selected), with the query embedded by the LLM's own *input* embedding
+   table (``get_language_model().embed_input_ids``; tensor-parallel safe);
+3. records what it selected (metrics, the debug JSONL with ``MIPRUNER_DEBUG_DIR``);
 4. keeps the selected rows plus the item's always-kept rows, in original order, so each item
    returns exactly ``n_keep(N_V) + n_fixed`` rows, the count the processor gave it;
 5. for M-RoPE models whose runner is armed, appends the kept rows' (t, h, w) positions
@@ -29,28 +26,26 @@ a batch exactly as stock vLLM does (vision tower + projector) and describes each
    position columns of every media row, whatever the item).
 
 Items that do not prune are returned untouched, so keep_ratio = 1 is bit-identical to stock.
-Selection latency goes to ``mipruner_vllm.metrics.observe_selection``, store and fallback counts
-to the other worker metrics there; with ``MIPRUNER_DEBUG_DIR`` set, each pruned item is appended
-to ``selections.jsonl`` and each encoder batch to ``encoder.jsonl`` there.
+The batch logic itself (planning, selection, fallback, timing) is vLLM-free and lives in
+:mod:`mipruner_vllm.pruning.encoder_batch`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mipruner_vllm import detail
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.integration.fields import (
     content_field,
     decode_content_keys,
     decode_params,
+    detail_token,
     params_field,
     text_field,
     unbatch,
@@ -63,175 +58,59 @@ from mipruner_vllm.integration.mrope import (
 )
 from mipruner_vllm.integration.store import EncoderStore
 from mipruner_vllm.metrics import observe_encoder_store, observe_fallback, observe_selection
-from mipruner_vllm.params import request_fields
 from mipruner_vllm.pruning.dispatch import warmup
-from mipruner_vllm.pruning.reference import uniform_stride
-from mipruner_vllm.pruning.select import Selection, select_batch
+from mipruner_vllm.pruning.encoder_batch import (
+    BatchLayout,
+    EncodedItem,
+    ItemRequest,
+    ItemSelection,
+    SelectionTimer,
+    append_jsonl,
+    detail_record,
+    plan_store_lookups,
+    plan_tower_calls,
+    select_items,
+    selection_record,
+    slice_batch,
+)
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class EncodedItem:
-    """One media item as the stock model would return it, plus what selection needs."""
+def item_requests(
+    items: list[EncodedItem], fields: dict[str, tuple[Any, Any]]
+) -> list[ItemRequest | None]:
+    """Each item's parameters and query ids, unbatched from the processor's fields in item order.
 
-    modality: str
-    embeds: torch.Tensor  # (rows, width): exactly the stock output of the item
-    score_dim: int  # columns used for scoring (the LLM hidden size)
-    positions: torch.Tensor | None = None  # (rows, 3) grid positions (M-RoPE models)
-    fixed: torch.Tensor | None = None  # (rows,) bool: rows always kept and never scored
-    #: The rows are this many equal frames, each with its own placeholder run and budget
-    #: (:meth:`~mipruner_vllm.params.PruningParams.n_keep_per_frame`; Qwen3-VL video).
-    frames: int = 1
-
-
-def _debug_record(path: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(record, sort_keys=True) + "\n"
-    # One write per line with O_APPEND: lines of concurrent workers never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-def _warn_fallback(reason: str, detail: str, rows: int) -> None:
-    """One warning and one count per media item that falls back to the uniform stride."""
-    logger.warning(
-        "mipruner: a media item of %d rows falls back to the uniform-stride selection (%s): %s",
-        rows, reason, detail,
-    )  # fmt: skip
-    observe_fallback(reason)
-
-
-@dataclasses.dataclass
-class BatchLayout:
-    """What a family reads from one encoder batch's kwargs before running the tower.
-
-    ``costs``: each item's unpruned embedding count (the unit of vLLM's encoder budget and memory
-    profile); ``flat_rows``: for families whose inputs concatenate items along dim 0 (Qwen's
-    ``pixel_values``), each item's rows there, else ``None`` (inputs stacked or listed per item).
+    ``fields[modality]`` is that modality's (params, texts) kwargs; items of a modality without
+    fields get ``None`` (one modality per batch in vLLM, but nothing here relies on it).
     """
-
-    modality: str
-    costs: list[int]
-    flat_rows: list[int] | None = None
-
-
-def slice_batch(kwargs: dict[str, Any], layout: BatchLayout, indices: list[int]) -> dict[str, Any]:
-    """The encoder kwargs of the items ``indices`` only (same layout, fewer items).
-
-    Per-item values (a tensor or list with one entry per item) are indexed; values that
-    concatenate the items along dim 0 (``layout.flat_rows``) are cut at the item boundaries;
-    anything else is passed on unchanged.
-    """
-    n = len(layout.costs)
-    if indices == list(range(n)):
-        return dict(kwargs)
-    bounds: list[tuple[int, int]] = []
-    if layout.flat_rows is not None:
-        offset = 0
-        for rows in layout.flat_rows:
-            bounds.append((offset, offset + rows))
-            offset += rows
-        total = offset
-    out: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if (
-            layout.flat_rows is not None
-            and isinstance(value, torch.Tensor)
-            and value.dim()
-            and value.shape[0] == total != n
-        ):
-            out[key] = torch.cat([value[bounds[i][0] : bounds[i][1]] for i in indices])
-        elif isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n:
-            out[key] = value[torch.tensor(indices, dtype=torch.long, device=value.device)]
-        elif isinstance(value, (list, tuple)) and len(value) == n:
-            out[key] = (
-                type(value)(value[i] for i in indices)
-                if isinstance(value, tuple)
-                else [value[i] for i in indices]
-            )
-        else:
-            out[key] = value
-    return out
-
-
-def plan_tower_calls(costs: list[int], indices: list[int], limit: int) -> list[list[int]]:
-    """Split ``indices`` (in order) into tower calls of at most ``limit`` unpruned tokens.
-
-    An item larger than ``limit`` alone gets a call of its own (vLLM profiled at least one item
-    of the maximum size); ``limit <= 0`` means no bound (one call).
-    """
-    if limit <= 0:
-        return [list(indices)] if indices else []
-    calls: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i in indices:
-        if current and used + costs[i] > limit:
-            calls.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += costs[i]
-    if current:
-        calls.append(current)
-    return calls
-
-
-def uniform_fallback(n_rows: int, frames: int, params: Any) -> torch.Tensor:
-    """The documented fallback selection: uniform stride, per frame for multi-frame items.
-
-    Deterministic, needs no scores, and keeps exactly the budget the processor sized the
-    placeholders for (``n_keep(N_V)``, or ``n_keep_per_frame`` shares for frame-wise items).
-    """
-    if frames > 1 and n_rows % frames == 0:
-        per_frame = n_rows // frames
-        parts = [
-            uniform_stride(per_frame, budget) + frame * per_frame
-            for frame, budget in enumerate(params.n_keep_per_frame(frames, per_frame))
+    per_modality: dict[str, list[ItemRequest]] = {}
+    for modality, (params_value, texts_value) in fields.items():
+        params_list = (
+            list(params_value.unbind(0))
+            if isinstance(params_value, torch.Tensor)
+            else list(params_value)
+        )
+        text_list = (
+            unbatch(texts_value, len(params_list))
+            if texts_value is not None
+            else [torch.zeros(0, dtype=torch.long)] * len(params_list)
+        )
+        per_modality[modality] = [
+            ItemRequest(decode_params(p), t.reshape(-1).long(), detail_token(p))
+            for p, t in zip(params_list, text_list, strict=True)
         ]
-        return torch.cat(parts)
-    return uniform_stride(n_rows, params.n_keep(n_rows))
-
-
-class _SelectionTimer:
-    """Selection latency without host syncs: CUDA events read once they have completed.
-
-    On CUDA the start event is recorded on the current stream right before the selection and the
-    end event right after its last kernel, so the interval covers the selection only (not the
-    vision tower queued before it); the interval is observed on a later batch, when
-    ``end.query()`` says it is done, instead of waiting for it. On CPU it is wall time.
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Any, Any, str, list[str]]] = []
-
-    def start(self, device: torch.device) -> Any:
-        self.flush()
-        if device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def stop(self, started: Any, label: str, backends: list[str]) -> None:
-        """``label`` and ``backends``: what the dispatcher reports it ran (batch, per item)."""
-        if isinstance(started, float):
-            observe_selection(time.perf_counter() - started, label, backends)
-            return
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        self._pending.append((started, end, label, backends))
-
-    def flush(self) -> None:
-        still: list[tuple[Any, Any, str, list[str]]] = []
-        for start, end, label, backends in self._pending:
-            if end.query():
-                observe_selection(start.elapsed_time(end) / 1000.0, label, backends)
-            else:
-                still.append((start, end, label, backends))
-        self._pending = still[-64:]  # bounded even if a stream never completes
+    cursor: dict[str, int] = {}
+    out: list[ItemRequest | None] = []
+    for item in items:
+        if item.modality not in per_modality:
+            out.append(None)
+            continue
+        i = cursor.get(item.modality, 0)
+        cursor[item.modality] = i + 1
+        out.append(per_modality[item.modality][i])
+    return out
 
 
 class MIPrunerModelMixin:
@@ -246,7 +125,7 @@ class MIPrunerModelMixin:
     _mipruner_vllm_config: Any = None
     _mipruner_tower_limit: int | None = None
     _mipruner_first_rank: bool | None = None
-    _mipruner_timer_instance: _SelectionTimer | None = None
+    _mipruner_timer_instance: SelectionTimer | None = None
 
     def __init__(self, *, vllm_config: Any, prefix: str | None = None) -> None:
         # vLLM requires these two named parameters; an unset prefix keeps the stock default.
@@ -399,27 +278,9 @@ class MIPrunerModelMixin:
         n = len(layout.costs)
         keys = decode_content_keys(content, n) if content is not None else [None] * n
         store = self.mipruner_store
-        results: list[EncodedItem | None] = [None] * n
-        first_of: dict[bytes, int] = {}
-        copies: list[tuple[int, int]] = []
-        todo: list[int] = []
-        hits = misses = 0
-        for i, key in enumerate(keys):
-            if key is not None:
-                if key in first_of:  # same content earlier in this batch: one tower run for both
-                    copies.append((i, first_of[key]))
-                    hits += 1
-                    continue
-                stored = store.get(key, tag=layout.costs[i])
-                if stored is not None:
-                    results[i] = stored
-                    first_of[key] = i
-                    hits += 1
-                    continue
-                first_of[key] = i
-                misses += 1
-            todo.append(i)
-        calls = plan_tower_calls(layout.costs, todo, self._mipruner_limit())
+        plan = plan_store_lookups(keys, layout.costs, lambda key, cost: store.get(key, tag=cost))
+        results = plan.results
+        calls = plan_tower_calls(layout.costs, plan.todo, self._mipruner_limit())
         evictions = 0
         for call in calls:
             encoded = self._mipruner_encode(**slice_batch(kwargs, layout, call))
@@ -431,13 +292,13 @@ class MIPrunerModelMixin:
                 results[i] = item
                 if keys[i] is not None:
                     evictions += store.put(keys[i], item, tag=layout.costs[i])
-        for i, source in copies:
+        for i, source in plan.copies:
             results[i] = results[source]
         if self._mipruner_is_first_rank() and any(k is not None for k in keys):
-            observe_encoder_store(layout.modality, hits, misses, evictions, store.bytes)
+            observe_encoder_store(layout.modality, plan.hits, plan.misses, evictions, store.bytes)
         debug_dir = get_settings().debug_dir
         if debug_dir:
-            _debug_record(
+            append_jsonl(
                 Path(debug_dir) / "encoder.jsonl",
                 {
                     "pid": os.getpid(),
@@ -445,8 +306,8 @@ class MIPrunerModelMixin:
                     "items": n,
                     "costs": layout.costs,
                     "keys": [k.hex()[:16] if k is not None else None for k in keys],
-                    "hits": hits,
-                    "misses": misses,
+                    "hits": plan.hits,
+                    "misses": plan.misses,
                     "evictions": evictions,
                     "store_bytes": store.bytes,
                     "store_entries": len(store),
@@ -454,107 +315,55 @@ class MIPrunerModelMixin:
                     "tower_calls": [sum(layout.costs[i] for i in call) for call in calls],
                 },
             )
-        return results  # type: ignore[return-value]
+        return results
 
     # -- selection -------------------------------------------------------------------------------
 
     def _mipruner_select(
         self, items: list[EncodedItem], fields: dict[str, tuple[Any, Any]]
     ) -> list[torch.Tensor]:
-        # Per-item parameters and query ids, in item order (one modality per batch in vLLM, but
-        # nothing here relies on it).
-        cursor: dict[str, int] = {}
-        unbatched: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-        for modality, (params_value, texts_value) in fields.items():
-            params_list = (
-                list(params_value.unbind(0))
-                if isinstance(params_value, torch.Tensor)
-                else list(params_value)
-            )
-            text_list = (
-                unbatch(texts_value, len(params_list))
-                if texts_value is not None
-                else [torch.zeros(0, dtype=torch.long)] * len(params_list)
-            )
-            unbatched[modality] = (params_list, text_list)
-        per_item: list[tuple[Any, torch.Tensor] | None] = []
-        for item in items:
-            if item.modality not in unbatched:
-                per_item.append(None)
-                continue
-            params_list, text_list = unbatched[item.modality]
-            i = cursor.get(item.modality, 0)
-            cursor[item.modality] = i + 1
-            per_item.append((decode_params(params_list[i]), text_list[i].reshape(-1).long()))
-
-        todo = [k for k, entry in enumerate(per_item) if entry is not None and entry[0].prunes]
-        kept: dict[int, torch.Tensor] = {}
-        fallbacks: dict[int, str] = {}
-        if todo:
-            visuals, selectable_rows = [], []
-            for k in todo:
-                item = items[k]
-                # Row bookkeeping on the host (no boolean indexing of device tensors: no sync).
-                rows = torch.arange(item.embeds.shape[0])
-                if item.fixed is not None:
-                    rows = rows[~item.fixed.cpu()]
-                rows = rows.to(item.embeds.device)
-                selectable_rows.append(rows)
-                visuals.append(item.embeds.index_select(0, rows)[:, : item.score_dim])
-            texts = self._mipruner_embed_texts([per_item[k][1] for k in todo], visuals)  # type: ignore[index]
-            params = [per_item[k][0] for k in todo]  # type: ignore[index]
-            frames = [items[k].frames for k in todo]
-            if self._mipruner_timer_instance is None:
-                self._mipruner_timer_instance = _SelectionTimer()
-            timer = self._mipruner_timer_instance
-            started = timer.start(visuals[0].device)
-            selection, reasons = self._mipruner_select_isolated(frames, visuals, texts, params)
-            timer.stop(started, selection.label, list(selection.backends))  # what ran, per item
-            selections = selection.indices
-            for j, (k, rows, sel) in enumerate(zip(todo, selectable_rows, selections, strict=True)):
-                item = items[k]
-                chosen = rows[sel.to(rows.device)]
-                if item.fixed is not None:
-                    fixed_rows = item.fixed.cpu().nonzero(as_tuple=True)[0].to(rows.device)
-                    chosen = torch.sort(torch.cat([chosen, fixed_rows])).values
-                kept[k] = chosen
-                if reasons[j] is not None:
-                    fallbacks[k] = reasons[j]  # type: ignore[assignment]
-            debug_dir = get_settings().debug_dir
-            if debug_dir:
-                path = Path(debug_dir) / "selections.jsonl"
-                for j, (k, sel_params) in enumerate(zip(todo, params, strict=True)):
-                    _debug_record(
-                        path,
-                        {
-                            "pid": os.getpid(),
-                            "modality": items[k].modality,
-                            "n_visual": int(visuals[j].shape[0]),
-                            "n_fixed": int(items[k].fixed.sum())
-                            if items[k].fixed is not None
-                            else 0,
-                            "fixed": (
-                                items[k].fixed.nonzero(as_tuple=True)[0].tolist()
-                                if items[k].fixed is not None
-                                else []
-                            ),
-                            "frames": items[k].frames,
-                            "kept": kept[k].tolist(),
-                            "text_ids": per_item[k][1].tolist(),  # type: ignore[index]
-                            "params": request_fields(sel_params),
-                            "fallback": fallbacks.get(k),
-                        },
-                    )
-
+        """Unbatch the fields, select the pruned items, record, and assemble the outputs."""
+        requests = item_requests(items, fields)
+        if self._mipruner_timer_instance is None:
+            self._mipruner_timer_instance = SelectionTimer(observe_selection)
+        chosen = select_items(
+            items,
+            requests,
+            self._mipruner_embed_texts,
+            self._mipruner_timer_instance,
+            observe_fallback,
+        )
+        self._mipruner_record(items, requests, chosen)
         out: list[torch.Tensor] = []
         for k, item in enumerate(items):
-            emb = item.embeds if k not in kept else item.embeds.index_select(0, kept[k])
+            kept = chosen[k].kept if k in chosen else None
+            emb = item.embeds if kept is None else item.embeds.index_select(0, kept)
             if self.mipruner_positions_armed and item.positions is not None:
-                emb = torch.cat(
-                    [emb, self._mipruner_position_columns(item, kept.get(k), emb)], dim=1
-                )
+                emb = torch.cat([emb, self._mipruner_position_columns(item, kept, emb)], dim=1)
             out.append(emb)
         return out
+
+    def _mipruner_record(
+        self,
+        items: list[EncodedItem],
+        requests: list[ItemRequest | None],
+        chosen: dict[int, ItemSelection],
+    ) -> None:
+        """The pruning detail of each item that asked for it (rank 0 only: every rank selects
+        the same), and the debug JSONL line of each pruned item (``MIPRUNER_DEBUG_DIR``)."""
+        asked = [k for k, r in enumerate(requests) if r is not None and r.detail_token]
+        if asked and self._mipruner_is_first_rank():
+            for k in asked:
+                request = requests[k]
+                record = detail_record(items[k], request, chosen.get(k))  # type: ignore[arg-type]
+                detail.write_item(request.detail_token, record)  # type: ignore[union-attr]
+            detail.sweep_now_and_then()  # files nobody read (offline use, aborted requests)
+        debug_dir = get_settings().debug_dir
+        if not debug_dir or not chosen:
+            return
+        path = Path(debug_dir) / "selections.jsonl"
+        for k, selection in chosen.items():
+            append_jsonl(path, selection_record(items[k], requests[k], selection))  # type: ignore[arg-type]
 
     @staticmethod
     def _mipruner_position_columns(
@@ -572,7 +381,7 @@ class MIPrunerModelMixin:
         positions = item.positions.cpu()  # type: ignore[union-attr]
         n_out = emb.shape[0]
         if positions.numel() and int(positions.max()) >= POSITION_LIMIT:
-            _warn_fallback(
+            _warn_position_fallback(
                 "position_overflow",
                 f"media position {int(positions.max())} >= {POSITION_LIMIT}",
                 n_out,
@@ -588,117 +397,6 @@ class MIPrunerModelMixin:
             positions = positions.index_select(0, kept.to(positions.device))
         return encode_positions(positions, emb.dtype, check=False)
 
-    def _mipruner_select_isolated(
-        self,
-        frames: list[int],
-        visuals: list[torch.Tensor],
-        texts: list[torch.Tensor],
-        params: list[Any],
-    ) -> tuple[Selection, list[str | None]]:
-        """The batched selection, with a deterministic fallback for any item that cannot be
-        selected.
-
-        An exception inside ``embed_multimodal`` kills vLLM's engine, so no data problem may
-        raise here. The whole batch is tried at once (the fast path, no extra sync); if that
-        fails, items with NaN/inf embeddings get the uniform stride (reason ``non_finite``), and
-        the rest are retried one by one, those that still fail falling back too
-        (``selection_error``). Each fallback is logged once and counted.
-        """
-        try:
-            return self._mipruner_select_frames(frames, visuals, texts, params), [None] * len(
-                visuals
-            )
-        except Exception as exc:  # the slow path below finds the items responsible
-            batch_error = exc
-        flags = torch.stack(
-            [torch.isfinite(v).all()
-             & (torch.isfinite(t).all() if t.numel() else v.new_ones((), dtype=torch.bool))
-             for v, t in zip(visuals, texts, strict=True)]
-        ).tolist()  # fmt: skip
-        selections: list[torch.Tensor] = []
-        backends: list[str] = []
-        reasons: list[str | None] = []
-        for j, (n_frames, visual, text, item_params) in enumerate(
-            zip(frames, visuals, texts, params, strict=True)
-        ):
-            reason: str | None = None
-            detail = str(batch_error)
-            if not flags[j]:
-                reason, detail = (
-                    "non_finite",
-                    "NaN or inf in the item's embeddings or query embeddings",
-                )
-            else:
-                try:
-                    single = self._mipruner_select_frames(
-                        [n_frames], [visual], [text], [item_params]
-                    )
-                    selections.append(single.indices[0])
-                    backends.append(single.backends[0])
-                    reasons.append(None)
-                    continue
-                except Exception as exc:
-                    reason, detail = "selection_error", f"{type(exc).__name__}: {exc}"
-            _warn_fallback(reason, detail, int(visual.shape[0]))
-            selections.append(
-                uniform_fallback(int(visual.shape[0]), n_frames, item_params).to(visual.device)
-            )
-            backends.append("torch")  # the fallback rule runs on the host
-            reasons.append(reason)
-        return Selection(selections, backends), reasons  # type: ignore[arg-type]
-
-    @staticmethod
-    def _mipruner_select_frames(
-        frames: list[int], visuals: list[torch.Tensor], texts: list[torch.Tensor], params: list[Any]
-    ) -> Selection:
-        """One batched selection for all items; an item of several frames selects per frame.
-
-        A frame is scored against the item's query like an item of its own, with the frame's share
-        of the item budget (``n_keep_per_frame``) as an absolute budget; the random baseline gets
-        ``seed + frame`` so frames do not repeat one pattern. Returns each item's selected rows and
-        the backend that ran it (a frame that needed no scoring does not change an item's label).
-        """
-        unit_visuals, unit_texts, unit_params, owners = [], [], [], []
-        for j, (n_frames, visual, text, item_params) in enumerate(
-            zip(frames, visuals, texts, params, strict=True)
-        ):
-            if n_frames == 1:
-                unit_visuals.append(visual)
-                unit_texts.append(text)
-                unit_params.append(item_params)
-                owners.append((j, 0))
-                continue
-            per_frame, rest = divmod(visual.shape[0], n_frames)
-            if rest:
-                raise ValueError(
-                    f"mipruner: {visual.shape[0]} visual rows do not split into "
-                    f"{n_frames} equal frames"
-                )
-            budgets = item_params.n_keep_per_frame(n_frames, per_frame)
-            for frame, budget in enumerate(budgets):
-                start = frame * per_frame
-                unit_visuals.append(visual[start : start + per_frame])
-                unit_texts.append(text)
-                unit_params.append(
-                    item_params.model_copy(
-                        update={
-                            "keep_ratio": None,
-                            "keep_tokens": budget,
-                            "seed": item_params.seed + frame,
-                        }
-                    )
-                )
-                owners.append((j, start))
-        selected: list[list[torch.Tensor]] = [[] for _ in visuals]
-        ran: list[str] = ["none"] * len(visuals)
-        units = select_batch(unit_visuals, unit_texts, unit_params)
-        for (j, start), sel, ran_on in zip(owners, units.indices, units.backends, strict=True):
-            selected[j].append(sel + start)
-            ran[j] = ran_on if ran_on != "none" else ran[j]
-        return Selection(
-            [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in selected], ran
-        )  # type: ignore[arg-type]
-
     def _mipruner_embed_texts(
         self, ids: list[torch.Tensor], visuals: list[torch.Tensor]
     ) -> list[torch.Tensor]:
@@ -712,4 +410,13 @@ class MIPrunerModelMixin:
         return [e.to(v.dtype) for e, v in zip(torch.split(embeds, lengths), visuals, strict=True)]
 
 
-__all__ = ["POSITION_COLUMNS", "BatchLayout", "EncodedItem", "MIPrunerModelMixin"]
+def _warn_position_fallback(reason: str, detail: str, rows: int) -> None:
+    """One warning and one count per media item whose positions cannot be carried."""
+    logger.warning(
+        "mipruner: a media item of %d rows keeps its provisional positions (%s): %s",
+        rows, reason, detail,
+    )  # fmt: skip
+    observe_fallback(reason)
+
+
+__all__ = ["POSITION_COLUMNS", "BatchLayout", "EncodedItem", "MIPrunerModelMixin", "item_requests"]

@@ -72,6 +72,12 @@ class LlavaNextProcessorMixin(LlavaProcessorMixin):
         rows = newline_count(self.info.get_hf_config(), size.height, size.width)  # type: ignore[attr-defined]
         return n_stock - rows, rows
 
+    def _mipruner_item_grid(
+        self, modality: str, item: Any, n_visual: int
+    ) -> tuple[int, int, int] | None:
+        # The base tile and the unpadded anyres tiles form no single grid: indices stay flat.
+        return None
+
 
 def _has_pixels(mm_items: Any) -> bool:
     try:

@@ -55,6 +55,14 @@ class QwenProcessorMixin(MIPrunerProcessorMixin):
         grid = item[f"{modality}_grid_thw"].data
         return int(grid.prod()) // (merge * merge), 0
 
+    def _mipruner_item_grid(
+        self, modality: str, item: Any, n_visual: int
+    ) -> tuple[int, int, int] | None:
+        # The patch grid over the spatial merge: the LLM tokens, row-major per temporal patch.
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size  # type: ignore[attr-defined]
+        t, h, w = (int(x) for x in item[f"{modality}_grid_thw"].data.reshape(-1).tolist())
+        return t, h // merge, w // merge
+
 
 class QwenModelMixin(MIPrunerModelMixin):
     """Selection, position columns and the pruned M-RoPE bookkeeping for Qwen2/2.5-VL."""

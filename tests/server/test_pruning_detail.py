@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``pruning_detail``: the kept patches of a request, from the worker to its own response.
+
+A real ``mipruner-vllm serve`` on the embedded tiny Qwen2.5-VL (a 112 x 112 image is a 4 x 4
+grid of 16 LLM tokens). The detail's indices are compared with what the worker logged for the
+same item (``MIPRUNER_DEBUG_DIR``'s ``selections.jsonl``, written by the worker next to the
+detail file, from the same tensor) and, for one image, recomputed with the torch reference
+``select_tokens`` on the worker's inputs rebuilt by Hugging Face transformers from the demo
+checkpoint. Also: keep_ratio 1 lists every token, a request without the field gets no detail,
+concurrent requests each get their own, a stream carries it in its final usage chunk only,
+bad values are a 400 naming the field, the encoder store's hit path reports too, and no detail
+file outlives its response.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from helpers.server import MODEL, N_VISUAL, image_messages, selections, video_data_url
+
+from mipruner_vllm.detail import detail_dir
+from mipruner_vllm.params import n_keep
+
+pytestmark = pytest.mark.server
+
+GRID = [1, 4, 4]
+
+
+def _chat(server, messages, timeout=300, **fields) -> httpx.Response:
+    body = {"model": MODEL, "messages": messages, "max_tokens": 2, "temperature": 0.0, **fields}
+    return httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=timeout)
+
+
+def _detail(response: httpx.Response) -> list[dict] | None:
+    assert response.status_code == 200, response.text
+    return response.json()["usage"].get("pruning_detail")
+
+
+def _logged(server, since: int) -> list[dict]:
+    return selections(server)[since:]
+
+
+def _files() -> set[str]:
+    return {p.name for p in detail_dir().glob("*.json")}
+
+
+def test_no_field_no_detail_and_keep_all_lists_every_token(server) -> None:
+    # The playground is off unless --playground is given (test_playground_browser.py).
+    assert httpx.get(server.base_url + "/playground", timeout=30).status_code == 404
+    plain = _chat(server, image_messages(seed=11), keep_ratio=0.5)
+    assert _detail(plain) is None
+    assert "pruning_detail" not in plain.json()["usage"]
+    off = _chat(server, image_messages(seed=11), keep_ratio=0.5, pruning_detail=False)
+    assert _detail(off) is None
+
+    [item] = _detail(_chat(server, image_messages(seed=12), keep_ratio=1.0, pruning_detail=True))
+    assert item["modality"] == "image" and item["grid"] == GRID
+    assert item["visual_tokens"] == item["visual_tokens_kept"] == N_VISUAL
+    assert item["kept"] == list(range(N_VISUAL))
+    assert item["method"] == "none" and item["fallback"] is None
+
+
+@pytest.mark.parametrize("fields", [{"keep_ratio": 0.25}, {"keep_tokens": 5, "mi_lambda": 0.5}])
+def test_pruned_indices_are_the_ones_the_worker_selected(server, fields) -> None:
+    before = len(selections(server))
+    question = f"Which part of the picture matters for {sorted(fields)}?"
+    response = _chat(server, image_messages(question, seed=13), pruning_detail=True, **fields)
+    [item] = _detail(response)
+    expected = n_keep(
+        N_VISUAL, keep_ratio=fields.get("keep_ratio"), keep_tokens=fields.get("keep_tokens")
+    )
+    assert item["visual_tokens_kept"] == expected == len(item["kept"])
+    assert item["kept"] == sorted(set(item["kept"])) and 0 <= min(item["kept"])
+    assert max(item["kept"]) < N_VISUAL
+    assert item["method"] == "mi" and item["fallback"] is None and item["grid"] == GRID
+    [logged] = _logged(server, before)
+    assert item["kept"] == logged["kept"]
+
+
+def test_indices_reproduce_select_tokens_on_the_same_inputs(server, demo_model_dir) -> None:
+    """The torch reference on the projector output and query embeddings, rebuilt with Hugging
+    Face transformers from the served checkpoint and the worker's own query token ids."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from helpers.server import image_data_url
+
+    from mipruner_vllm import select_tokens
+
+    before = len(selections(server))
+    response = _chat(
+        server,
+        image_messages("Where is the red corner?", seed=14),
+        keep_ratio=0.25,
+        pruning_detail=True,
+    )
+    [item] = _detail(response)
+    [logged] = _logged(server, before)
+
+    import base64
+    import io
+
+    from PIL import Image
+
+    checkpoint = demo_model_dir("qwen2_5_vl")
+    processor = transformers.AutoProcessor.from_pretrained(checkpoint)
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint).eval()
+    url = image_data_url(14)
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    inputs = processor.image_processor(images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        visual = out.pooler_output[0]
+        text = model.get_input_embeddings()(torch.tensor(logged["text_ids"]))
+    expected = select_tokens(visual.float(), text.float(), keep_ratio=0.25, backend="torch")
+    assert visual.shape[0] == N_VISUAL
+    assert item["kept"] == expected.tolist()
+
+
+def test_concurrent_requests_each_get_their_own_detail(server) -> None:
+    """Mixed batches: requests with and without the field, each with its own budget."""
+
+    def run(i: int) -> tuple[int, dict]:
+        fields = {"keep_tokens": 1 + i % 8}
+        if i % 3:
+            fields["pruning_detail"] = True
+        response = _chat(server, image_messages(f"Question {i}?", seed=100 + i), **fields)
+        assert response.status_code == 200, response.text
+        return i, response.json()["usage"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(run, range(12)))
+    for i, usage in results:
+        if i % 3 == 0:
+            assert "pruning_detail" not in usage
+            continue
+        [item] = usage["pruning_detail"]
+        assert len(item["kept"]) == item["visual_tokens_kept"] == 1 + i % 8, (i, item)
+    assert not _files(), "a detail file outlived its response"
+
+
+def test_stream_carries_detail_in_the_final_usage_chunk_only(server) -> None:
+    body = {
+        "model": MODEL,
+        "messages": image_messages("Describe it.", seed=15),
+        "max_tokens": 3,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "keep_ratio": 0.5,
+        "pruning_detail": True,
+    }
+    chunks = []
+    with httpx.stream(
+        "POST", server.base_url + "/v1/chat/completions", json=body, timeout=300
+    ) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[len("data: ") :]))
+    with_detail = [c for c in chunks if (c.get("usage") or {}).get("pruning_detail")]
+    assert len(with_detail) == 1 and with_detail[0] is chunks[-1]
+    assert with_detail[0]["choices"] == []
+    [item] = with_detail[0]["usage"]["pruning_detail"]
+    assert len(item["kept"]) == n_keep(N_VISUAL, keep_ratio=0.5)
+    assert all("visual_tokens" in c["usage"] for c in chunks[:-1] if c.get("usage"))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"pruning_detail": "yes"},
+        {"pruning_detail": 1},
+        {"mm_processor_kwargs": {"pruning_detail": None, "pruning_detai": True}},
+        {"stream": True, "pruning_detail": True},
+    ],
+)
+def test_bad_values_are_a_400_naming_the_field(server, fields) -> None:
+    response = _chat(server, image_messages(seed=16), timeout=60, **fields)
+    assert response.status_code == 400, response.text
+    param = response.json()["error"]["param"]
+    assert param.endswith("pruning_detail") or param.endswith("pruning_detai"), param
+
+
+def test_store_hits_and_video_report_their_detail(server) -> None:
+    # Two questions about one image: the second takes the stored encoder output.
+    for question in ("What colour is it?", "Is there a corner?"):
+        [item] = _detail(
+            _chat(server, image_messages(question, seed=17), keep_ratio=0.25, pruning_detail=True)
+        )
+        assert len(item["kept"]) == 4 and item["method"] == "mi"
+    records = (server.debug_dir / "encoder.jsonl").read_text().splitlines()
+    assert json.loads(records[-1])["hits"] >= 1, "the second question must be a store hit"
+
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video_url", "video_url": {"url": video_data_url(frames=4, seed=2)}},
+                {"type": "text", "text": "What moves?"},
+            ],
+        }
+    ]
+    before = len(selections(server))
+    [video] = _detail(_chat(server, messages, keep_ratio=0.25, pruning_detail=True))
+    t, h, w = video["grid"]
+    assert video["modality"] == "video" and t * h * w == video["visual_tokens"]
+    assert len(video["kept"]) == video["visual_tokens_kept"] == n_keep(t * h * w, keep_ratio=0.25)
+    assert video["kept"] == _logged(server, before)[0]["kept"]
+    assert not _files()
