@@ -30,7 +30,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,12 @@ def evaluate(model: Any, processor: Any, seed: int, n: int) -> dict[str, float]:
     return {k: round(sum(v) / len(v), 4) for k, v in scores.items() if v}
 
 
-def _train_loop(model: Any, batcher: Batcher, recipe: TrainRecipe) -> None:
+def _train_loop(
+    model: Any,
+    batcher: Batcher,
+    recipe: TrainRecipe,
+    on_step: Callable[[int], None] | None = None,
+) -> None:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -247,9 +252,33 @@ def _train_loop(model: Any, batcher: Batcher, recipe: TrainRecipe) -> None:
                 loss.item(),
                 time.perf_counter() - started,
             )
+        if on_step is not None:
+            on_step(step + 1)
 
 
-def train_demo_checkpoint(out: str | Path, recipe: TrainRecipe | None = None) -> dict[str, Any]:
+def _snapshots(
+    model: Any, processor: Any, out: Path, every: int | None
+) -> Callable[[int], None] | None:
+    """Every ``every`` steps: the held-out accuracy (150 items) in the log and the weights in
+    ``<out>.step-<n>/``. The learning rate is constant after warm-up and the batches depend only
+    on the step, so the weights after step ``n`` are exactly those of a run with ``steps=n``:
+    a snapshot shows how many steps a recipe needs without a second run."""
+    if not every:
+        return None
+
+    def snapshot(step: int) -> None:
+        if step % every:
+            return
+        accuracy = evaluate(model, processor, task.HELD_OUT_SEED, 150)
+        logger.info("step %d held-out accuracy (fp32, teacher-forced): %s", step, accuracy)
+        model.save_pretrained(out.with_name(f"{out.name}.step-{step}"))
+
+    return snapshot
+
+
+def train_demo_checkpoint(
+    out: str | Path, recipe: TrainRecipe | None = None, snapshot_every: int | None = None
+) -> dict[str, Any]:
     """Train the demo checkpoint into ``out`` (created; existing files overwritten).
 
     Returns the record written to its marker file: the recipe, training time and held-out
@@ -281,7 +310,7 @@ def train_demo_checkpoint(out: str | Path, recipe: TrainRecipe | None = None) ->
     started = time.perf_counter()
     batcher = Batcher(processor, VisionPool(model, processor, recipe.data_seed, recipe.pool_size))
     logger.info("vision pool of %d scenes: %.0f s", recipe.pool_size, time.perf_counter() - started)
-    _train_loop(model, batcher, recipe)
+    _train_loop(model, batcher, recipe, _snapshots(model, processor, out, snapshot_every))
     seconds = time.perf_counter() - started
     accuracy = evaluate(model, processor, task.HELD_OUT_SEED, recipe.eval_items)
     logger.info("held-out accuracy (fp32, teacher-forced): %s", accuracy)
