@@ -24,6 +24,7 @@ The weights are saved in bfloat16 like every demo checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -219,7 +220,8 @@ def _train_loop(
     model: Any,
     batcher: Batcher,
     recipe: TrainRecipe,
-    on_step: Callable[[int], None] | None = None,
+    started: float,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> None:
     import torch
 
@@ -230,7 +232,6 @@ def _train_loop(
     )
     rng = random.Random(recipe.seed)
     model.train()
-    started = time.perf_counter()
     for step in range(recipe.steps):
         triples = []
         for _ in range(recipe.batch_size):
@@ -253,25 +254,77 @@ def _train_loop(
                 time.perf_counter() - started,
             )
         if on_step is not None:
-            on_step(step + 1)
+            on_step(step + 1, time.perf_counter() - started)
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def save_trained(
+    model: Any,
+    out: Path,
+    *,
+    files_from: Path,
+    recipe: TrainRecipe,
+    seconds: float,
+    accuracy: dict[str, float],
+) -> dict[str, Any]:
+    """Write a complete trained checkpoint into ``out``: the weights in bfloat16 (the model
+    itself is left as it is), every other file of the tiny checkpoint in ``files_from``, and the
+    marker file with the recipe; returns the marker's record."""
+    import copy
+
+    import torch
+
+    from mipruner_vllm.demo_model import BUILDER_VERSION, COMPLETE_MARKER
+
+    out.mkdir(parents=True, exist_ok=True)
+    if files_from != out:
+        for file in files_from.iterdir():
+            if file.is_file() and file.name not in (*_WEIGHT_FILES, COMPLETE_MARKER):
+                shutil.copy(file, out / file.name)
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(out)
+    record = {
+        "builder": "mipruner_vllm.demo_model.train",
+        "builder_version": BUILDER_VERSION,
+        "arch": ARCH,
+        "size": "trained",
+        "base_size": BASE_SIZE,
+        "random_weights": False,
+        "recipe": {**asdict(recipe), "kinds": list(recipe.kinds)},
+        "train_seconds": round(seconds, 1),
+        "held_out_accuracy_fp32": accuracy,
+    }
+    (out / COMPLETE_MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    for item in (out, *out.iterdir()):
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    return record
 
 
 def _snapshots(
-    model: Any, processor: Any, out: Path, every: int | None
-) -> Callable[[int], None] | None:
-    """Every ``every`` steps: the held-out accuracy (150 items) in the log and the weights in
-    ``<out>.step-<n>/``. The learning rate is constant after warm-up and the batches depend only
-    on the step, so the weights after step ``n`` are exactly those of a run with ``steps=n``:
-    a snapshot shows how many steps a recipe needs without a second run."""
+    model: Any, processor: Any, out: Path, recipe: TrainRecipe, every: int | None
+) -> Callable[[int, float], None] | None:
+    """Every ``every`` steps: the held-out accuracy (at most 150 items) in the log and a complete
+    checkpoint in ``<out>.step-<n>/``. The learning rate is constant after warm-up and the
+    batches depend only on the step, so the weights after step ``n`` are exactly those of a run
+    with ``steps=n`` (tests/unit/test_demo_trained.py checks it): a snapshot shows how many steps
+    a recipe needs without a second run."""
     if not every:
         return None
 
-    def snapshot(step: int) -> None:
+    def snapshot(step: int, seconds: float) -> None:
         if step % every:
             return
-        accuracy = evaluate(model, processor, task.HELD_OUT_SEED, 150)
+        accuracy = evaluate(model, processor, task.HELD_OUT_SEED, min(150, recipe.eval_items))
         logger.info("step %d held-out accuracy (fp32, teacher-forced): %s", step, accuracy)
-        model.save_pretrained(out.with_name(f"{out.name}.step-{step}"))
+        save_trained(
+            model,
+            out.with_name(f"{out.name}.step-{step}"),
+            files_from=out,
+            recipe=dataclasses.replace(recipe, steps=step),
+            seconds=seconds,
+            accuracy=accuracy,
+        )
 
     return snapshot
 
@@ -288,7 +341,7 @@ def train_demo_checkpoint(
     import torch
     import transformers
 
-    from mipruner_vllm.demo_model import BUILDER_VERSION, COMPLETE_MARKER, write_checkpoint
+    from mipruner_vllm.demo_model import write_checkpoint
 
     recipe = recipe or TrainRecipe()
     torch.set_num_threads(recipe.threads)
@@ -302,29 +355,16 @@ def train_demo_checkpoint(
             base, dtype=torch.float32
         )
         processor = transformers.AutoProcessor.from_pretrained(base)
-        for file in base.iterdir():
-            if file.name not in ("model.safetensors", COMPLETE_MARKER):
-                shutil.copy(file, out / file.name)
-    torch.manual_seed(recipe.seed)
+        save_trained(model, out, files_from=base, recipe=recipe, seconds=0.0, accuracy={})
     _freeze_vision_tower(model)
     started = time.perf_counter()
     batcher = Batcher(processor, VisionPool(model, processor, recipe.data_seed, recipe.pool_size))
     logger.info("vision pool of %d scenes: %.0f s", recipe.pool_size, time.perf_counter() - started)
-    _train_loop(model, batcher, recipe, _snapshots(model, processor, out, snapshot_every))
+    snapshot = _snapshots(model, processor, out, recipe, snapshot_every)
+    _train_loop(model, batcher, recipe, started, snapshot)
     seconds = time.perf_counter() - started
     accuracy = evaluate(model, processor, task.HELD_OUT_SEED, recipe.eval_items)
     logger.info("held-out accuracy (fp32, teacher-forced): %s", accuracy)
-    model.to(torch.bfloat16).save_pretrained(out)
-    record = {
-        "builder": "mipruner_vllm.demo_model.train",
-        "builder_version": BUILDER_VERSION,
-        "arch": ARCH,
-        "size": "trained",
-        "base_size": BASE_SIZE,
-        "random_weights": False,
-        "recipe": {**asdict(recipe), "kinds": list(recipe.kinds)},
-        "train_seconds": round(seconds, 1),
-        "held_out_accuracy_fp32": accuracy,
-    }
-    (out / COMPLETE_MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return record
+    return save_trained(
+        model, out, files_from=out, recipe=recipe, seconds=seconds, accuracy=accuracy
+    )

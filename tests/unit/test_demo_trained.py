@@ -128,3 +128,26 @@ def test_the_recipe_batches_match_the_stock_forward_and_label_only_answers(tiny)
     assert torch.allclose(cached, reference, atol=1e-5)
     for row, (_, _, answer) in zip(batch["labels"], triples, strict=True):
         assert processor.tokenizer.decode(row[row != -100]) == answer + "<|im_end|>"
+
+
+def test_a_snapshot_is_the_run_that_stops_there(tmp_path):
+    """The recipe's claim behind ``snapshot_every``: the weights after step n of a longer run are
+    byte for byte those of a run with ``steps=n`` (constant learning rate after warm-up, batches
+    a function of the step only)."""
+    import dataclasses
+
+    from mipruner_vllm.demo_model.train import TrainRecipe, train_demo_checkpoint
+
+    recipe = TrainRecipe(steps=4, batch_size=2, warmup_steps=2, pool_size=4, eval_items=3)
+    train_demo_checkpoint(tmp_path / "long", recipe, snapshot_every=2)
+    record = train_demo_checkpoint(tmp_path / "short", dataclasses.replace(recipe, steps=2))
+    snapshot = tmp_path / "long.step-2"
+    assert (snapshot / "model.safetensors").read_bytes() == (
+        tmp_path / "short" / "model.safetensors"
+    ).read_bytes()
+    assert json.loads((snapshot / COMPLETE_MARKER).read_text())["recipe"] == record["recipe"]
+    assert (tmp_path / "long" / "model.safetensors").read_bytes() != (
+        snapshot / "model.safetensors"
+    ).read_bytes()
+    for name in SAME_FILES:
+        assert (snapshot / name).read_bytes() == (tmp_path / "short" / name).read_bytes()
