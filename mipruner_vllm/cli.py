@@ -67,7 +67,7 @@ def demo_data(
 @app.command("demo-train")
 def demo_train(
     out: str = typer.Option(..., help="Output directory of the trained checkpoint."),
-    steps: int = typer.Option(1500, min=1, help="Optimizer steps."),
+    steps: int = typer.Option(2000, min=1, help="Optimizer steps."),
     seed: int = typer.Option(0, help="Seed of the initialisation order and the batches."),
 ) -> None:
     """Train the demo checkpoint on the demo task (CPU, minutes; the recipe in demo_model.train).

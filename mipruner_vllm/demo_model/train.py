@@ -49,19 +49,22 @@ ARCH, BASE_SIZE = "qwen2_5_vl", "tiny"
 class TrainRecipe:
     """Every number the trained checkpoint depends on (recorded in its marker file)."""
 
-    steps: int = 1500
-    batch_size: int = 48
+    steps: int = 2000
+    batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 0.0
     seed: int = 0
     data_seed: int = task.TRAIN_SEED
-    kinds: tuple[str, ...] = task.QUESTION_KINDS
+    #: Position questions were tried (with every kind, at learning rates 1e-3 to 3e-3 and
+    #: batches of 16 and 48) and not learned in the time a CPU run has; the shipped model is
+    #: trained on colour and shape questions.
+    kinds: tuple[str, ...] = ("color", "shape")
     threads: int = 1
     #: Training scenes (each has 3 objects x 3 question kinds).
-    pool_size: int = 6000
+    pool_size: int = 2000
     #: Held-out items scored at the end (recorded in the marker file).
-    eval_items: int = 600
+    eval_items: int = 300
 
 
 def _messages(question: str) -> list[dict[str, Any]]:
@@ -356,6 +359,7 @@ def train_demo_checkpoint(
         )
         processor = transformers.AutoProcessor.from_pretrained(base)
         save_trained(model, out, files_from=base, recipe=recipe, seconds=0.0, accuracy={})
+    torch.manual_seed(recipe.seed)  # nothing below draws from it today; kept for any that will
     _freeze_vision_tower(model)
     started = time.perf_counter()
     batcher = Batcher(processor, VisionPool(model, processor, recipe.data_seed, recipe.pool_size))
