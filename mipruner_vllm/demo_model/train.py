@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -281,12 +280,18 @@ def save_trained(
 
     from mipruner_vllm.demo_model import BUILDER_VERSION, COMPLETE_MARKER
 
+    # Every file but the weights is the tiny checkpoint's, byte for byte (read before saving:
+    # ``files_from`` may be ``out``): save_pretrained's own config.json would record the float32
+    # training dtype and drop the top-level token ids.
+    kept = {
+        file.name: file.read_bytes()
+        for file in files_from.iterdir()
+        if file.is_file() and file.name not in (*_WEIGHT_FILES, COMPLETE_MARKER)
+    }
     out.mkdir(parents=True, exist_ok=True)
-    if files_from != out:
-        for file in files_from.iterdir():
-            if file.is_file() and file.name not in (*_WEIGHT_FILES, COMPLETE_MARKER):
-                shutil.copy(file, out / file.name)
     copy.deepcopy(model).to(torch.bfloat16).save_pretrained(out)
+    for name, data in kept.items():
+        (out / name).write_bytes(data)
     record = {
         "builder": "mipruner_vllm.demo_model.train",
         "builder_version": BUILDER_VERSION,
