@@ -35,6 +35,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from mipruner_vllm.pruning.select import TEST_ONLY_FAULT_ENV
+
 #: Extra columns appended to each media item's embeddings: (t, h, w) as (hi, lo) pairs.
 POSITION_COLUMNS = 6
 _RADIX = 256
@@ -46,11 +48,10 @@ KEEP_PROVISIONAL = -1.0
 POSITION_LIMIT = _RADIX * _RADIX
 
 #: TEST ONLY, never set in production: with ``MIPRUNER_TEST_ONLY_FAULT=provisional-positions``
-#: in the environment of every server process, :func:`recompute_media_positions` writes no
-#: media position, so a pruned item's kept tokens stay at the provisional positions (the first
-#: ``n_keep`` of the grid in raster order): the position bug this module exists to prevent. The
-#: accuracy test (``tests/server/test_demo_accuracy.py``) sets it to prove that it can fail.
-TEST_ONLY_FAULT_ENV = "MIPRUNER_TEST_ONLY_FAULT"
+#: (:data:`mipruner_vllm.pruning.select.TEST_ONLY_FAULT_ENV`) in the environment of every server
+#: process, :func:`recompute_media_positions` writes no media position, so a pruned item's kept
+#: tokens stay at the provisional positions (the first ``n_keep`` of the grid in raster order):
+#: the position bug this module exists to prevent.
 _PROVISIONAL_POSITIONS_FAULT = os.environ.get(TEST_ONLY_FAULT_ENV) == "provisional-positions"
 
 

@@ -8,10 +8,10 @@ the official openai client, streamed). The thresholds are the accuracies measure
 (docs/evaluation.md) less a margin; greedy decoding on a fixed set makes them repeatable.
 
 The test proves it can fail: a second server runs with the test-only fault
-``MIPRUNER_TEST_ONLY_FAULT=provisional-positions`` (:mod:`mipruner_vllm.integration.mrope`),
-under which the kept tokens of a pruned image keep provisional M-RoPE positions (the first
-``n_keep`` of the grid) instead of their own. Its unpruned accuracy is unchanged, and its pruned
-accuracy must fall below the thresholds the correct server passes.
+``MIPRUNER_TEST_ONLY_FAULT=shifted-indices`` (:mod:`mipruner_vllm.pruning.select`), under which
+every kept index of a pruned image moves to the next visual token (an off-by-one gather). Its
+unpruned accuracy is unchanged, and its pruned accuracy must fall below the thresholds the
+correct server passes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from helpers.server import start_server, stop_server
 from mipruner_vllm.demo_model import task
 from mipruner_vllm.evaluation.data import load_items
 from mipruner_vllm.evaluation.sweep import Setting, run_jsonl_setting
-from mipruner_vllm.integration.mrope import TEST_ONLY_FAULT_ENV
+from mipruner_vllm.pruning.select import TEST_ONLY_FAULT_ENV
 
 pytestmark = pytest.mark.server
 
@@ -37,13 +37,27 @@ N_ITEMS = 60
 KINDS = ("color", "shape")
 #: setting -> question kind (or "all") -> the lowest accuracy the correct server must reach.
 THRESHOLDS: dict[str, dict[str, float]] = {
-    "keep_ratio=1.0": {"all": 0.95},
-    "keep_ratio=0.25,pruning_method=mi": {"all": 0.85},
-    "keep_ratio=0.25,pruning_method=divprune": {"all": 0.85},
+    # Measured on these 60 items (30 per kind), 2026-12-06: colour 0.73, 0.73, 0.63, 0.73.
+    # Shape questions are at chance through the server (0.13-0.17; docs/evaluation.md), so they
+    # carry no threshold.
+    "keep_ratio=1.0": {"color": 0.6},
+    "keep_ratio=0.25,pruning_method=mi": {"color": 0.6},
+    "keep_ratio=0.125,pruning_method=mi": {"color": 0.5},
+    "keep_ratio=0.25,pruning_method=divprune": {"color": 0.6},
 }
-#: The (setting, kind) pairs the position fault must bring below their thresholds.
-FAULT_CAUGHT = (("keep_ratio=0.25,pruning_method=mi", "all"),)
-FAULT = "provisional-positions"
+#: The (setting, kind) pairs the fault must bring below their thresholds.
+FAULT_CAUGHT = (
+    ("keep_ratio=0.25,pruning_method=mi", "color"),
+    ("keep_ratio=0.125,pruning_method=mi", "color"),
+    ("keep_ratio=0.25,pruning_method=divprune", "color"),
+)
+#: Every kept index moves to the next visual token (mipruner_vllm.pruning.select). The other
+#: test-only fault, ``provisional-positions`` (kept tokens at the wrong M-RoPE positions), does
+#: not move this model's colour answers (measured: identical accuracies), so it cannot be the
+#: proof here; docs/evaluation.md says so.
+FAULT = "shifted-indices"
+#: The shared default server's arguments (tests/server/conftest.py), so the pool reuses it.
+SERVER_ARGS = ("--max-num-seqs", "32")
 
 
 def _fields(label: str) -> dict[str, object]:
@@ -93,24 +107,20 @@ def held_out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def correct(server_with, held_out, tmp_path_factory):
-    from conftest import DEFAULT_ARGS
-
     items, kinds = held_out
     return _measure(
-        server_with(*DEFAULT_ARGS, name="default"), items, kinds, tmp_path_factory.mktemp("correct")
+        server_with(*SERVER_ARGS, name="default"), items, kinds, tmp_path_factory.mktemp("correct")
     )
 
 
 @pytest.fixture(scope="module")
 def faulty(correct, _pool, held_out, tmp_path_factory, demo_cache_dir):
-    from conftest import DEFAULT_ARGS
-
     _pool.close()  # never two engines at once
     items, kinds = held_out
     work = tmp_path_factory.mktemp("faulty")
     server = start_server(
         work,
-        list(DEFAULT_ARGS),
+        list(SERVER_ARGS),
         name="fault",
         cache_dir=demo_cache_dir,
         env_extra={TEST_ONLY_FAULT_ENV: FAULT},
