@@ -37,6 +37,7 @@ __all__ = [
     "Scene",
     "SceneObject",
     "draw",
+    "item",
     "items_for",
     "make_scene",
     "write_items",
@@ -163,6 +164,15 @@ def item_kinds(text: str) -> Sequence[str]:
     return kinds
 
 
+def item(seed: int, index: int, kinds: Sequence[str] = QUESTION_KINDS) -> tuple[str, str, str]:
+    """``(kind, question, answer)`` of item ``index`` of split ``seed``: the kinds in turn, and
+    the objects of consecutive scenes in turn, so every kind asks about every object."""
+    kind = kinds[index % len(kinds)]
+    obj = make_scene(seed, index).objects[(index // len(kinds)) % N_OBJECTS]
+    q, a = question(kind, obj)
+    return kind, q, a
+
+
 def write_items(
     out_dir: str | Path, seed: int, n_items: int, kinds: Sequence[str] = QUESTION_KINDS
 ) -> Path:
@@ -177,12 +187,9 @@ def write_items(
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for index in range(n_items):
-        scene = make_scene(seed, index)
-        kind = kinds[index % len(kinds)]
-        obj = scene.objects[(index // len(kinds)) % N_OBJECTS]
-        text, answer = question(kind, obj)
+        kind, text, answer = item(seed, index, kinds)
         file = Path("images") / f"{seed}-{index:05d}.png"
-        draw(scene).save(out / file)
+        draw(make_scene(seed, index)).save(out / file)
         lines.append(
             {
                 "id": f"s{seed}-{index:05d}",

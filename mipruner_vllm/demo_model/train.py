@@ -195,21 +195,22 @@ def _freeze_vision_tower(model: Any) -> None:
         param.requires_grad = name.startswith("merger.")
 
 
-def evaluate(model: Any, processor: Any, seed: int, n: int) -> dict[str, float]:
-    """Greedy exact-answer accuracy per question kind on ``n`` items of split ``seed``."""
+def evaluate(
+    model: Any, processor: Any, seed: int, n: int, kinds: Sequence[str] = task.QUESTION_KINDS
+) -> dict[str, float]:
+    """Greedy exact-answer accuracy per question kind on the first ``n`` items of split
+    ``seed``, the items ``demo-data`` writes (kinds in turn, every object asked about)."""
     import torch
 
     model.eval()
     pool = VisionPool(model, processor, seed, n)
     batcher = Batcher(processor, pool)
-    scores: dict[str, list[bool]] = {k: [] for k in task.QUESTION_KINDS}
+    scores: dict[str, list[bool]] = {k: [] for k in kinds}
     with torch.no_grad():
         for start in range(0, n, 32):
             rows = []
             for index in range(start, min(start + 32, n)):
-                scene = task.make_scene(seed, index)
-                kind = task.QUESTION_KINDS[index % len(task.QUESTION_KINDS)]
-                q, a = task.question(kind, scene.objects[index % task.N_OBJECTS])
+                kind, q, a = task.item(seed, index, kinds)
                 rows.append((kind, (index, q, a)))
             correct = answer_accuracy(model, batcher(model, [triple for _, triple in rows]))
             for (kind, _), ok in zip(rows, correct, strict=True):
