@@ -38,8 +38,8 @@ KINDS = ("color", "shape")
 #: setting -> question kind (or "all") -> the lowest accuracy the correct server must reach.
 THRESHOLDS: dict[str, dict[str, float]] = {
     # Measured on these 60 items (30 per kind), 2026-12-06: colour 0.73, 0.73, 0.63, 0.73.
-    # Shape questions are at chance (0.13-0.17, the same in transformers: the model did not learn
-    # them; docs/evaluation.md), so they carry no threshold.
+    # Shape questions are at chance (0.13-0.17, the same with transformers generate; not learned
+    # for generation: docs/evaluation.md), so they carry no threshold.
     "keep_ratio=1.0": {"color": 0.6},
     "keep_ratio=0.25,pruning_method=mi": {"color": 0.6},
     "keep_ratio=0.125,pruning_method=mi": {"color": 0.5},
