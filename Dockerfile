@@ -4,7 +4,7 @@
 #   docker build -t mipruner-vllm .
 #   docker run --gpus all --ipc=host -p 8000:8000 -v ~/.cache/huggingface:/cache/huggingface \
 #     mipruner-vllm --model Qwen/Qwen2.5-VL-7B-Instruct
-# With no --model the server builds and serves the tiny demo checkpoint (meaningless answers).
+# With no --model the server serves the embedded demo model (trained on coloured shapes only).
 # --ipc=host (or --shm-size=...): vLLM's processes share tensors through /dev/shm, and Docker's
 # default 64 MiB is too small for the engine to start.
 FROM vllm/vllm-openai:v0.32.0

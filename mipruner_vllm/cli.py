@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model``, ``serve``, ``eval-sweep``, ``explain``.
+"""The ``mipruner-vllm`` command: ``smoke``, ``demo-model``, ``demo-data``, ``demo-train``,
+``serve``, ``eval-sweep`` and ``explain``.
 
 Each subcommand imports its implementation lazily, so ``mipruner-vllm --help`` stays fast and
 nothing imports vLLM before it is needed.
@@ -42,6 +43,45 @@ def demo_model(
 
     path = build_demo_model(arch, out, size=size)
     typer.echo(str(path))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: str = typer.Option(..., help="Output directory (images/ and items.jsonl)."),
+    seed: int = typer.Option(1, help="Split seed: 0 is the training split, 1 the held-out one."),
+    n: int = typer.Option(300, min=1, max=100_000, help="Number of items (one image each)."),
+    kinds: str = typer.Option(
+        "color,shape,position", help="Question kinds, comma-separated: color, shape, position."
+    ),
+) -> None:
+    """Write the trained demo's task items (coloured shapes on a grid) in eval-sweep's JSONL."""
+    from mipruner_vllm.demo_model.task import item_kinds, write_items
+
+    try:
+        chosen = item_kinds(kinds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--kinds") from None
+    typer.echo(str(write_items(out, seed, n, chosen)))
+
+
+@app.command("demo-train")
+def demo_train(
+    out: str = typer.Option(..., help="Output directory of the trained checkpoint."),
+    steps: int = typer.Option(2000, min=1, help="Optimizer steps."),
+    seed: int = typer.Option(0, help="Seed of the initialisation order and the batches."),
+) -> None:
+    """Train the demo checkpoint on the demo task (CPU, minutes; the recipe in demo_model.train).
+
+    The packaged checkpoint is this command's output with the defaults.
+    """
+    import json
+    import logging
+
+    from mipruner_vllm.demo_model.train import TrainRecipe, train_demo_checkpoint
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    record = train_demo_checkpoint(out, TrainRecipe(steps=steps, seed=seed))
+    typer.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
 @app.command(

@@ -7,7 +7,8 @@
 #   3. build Dockerfile.cpu, torch's CPU wheel staged from the host's pip configuration;
 #   4. run the image with the README's `docker run` line (host networking on a loopback port
 #      instead of -p), wait for /health, send the README's request and check its usage
-#      (16 visual tokens, 4 kept, 37 prompt tokens);
+#      (16 visual tokens, 4 kept, 41 prompt tokens) and its answer ("blue": the embedded demo
+#      model is trained on the README image's task);
 #   5. stop and remove everything it started, also on failure, and print its timings.
 # Needs root (dockerd, mmdebstrap) and the package registries. Every request goes to 127.0.0.1.
 #
@@ -138,9 +139,12 @@ step "README request" "$t"
 echo "$RESPONSE"
 python3 - "$RESPONSE" <<'PY'
 import json, sys
-usage = json.loads(sys.argv[1])["usage"]
+response = json.loads(sys.argv[1])
+usage = response["usage"]
 got = (usage["visual_tokens"], usage["visual_tokens_kept"], usage["prompt_tokens"])
-assert got == (16, 4, 37), f"usage (visual_tokens, visual_tokens_kept, prompt_tokens) = {got}, want (16, 4, 37)"
-print(f"ok: usage visual_tokens={got[0]} visual_tokens_kept={got[1]} prompt_tokens={got[2]}")
+assert got == (16, 4, 41), f"usage (visual_tokens, visual_tokens_kept, prompt_tokens) = {got}, want (16, 4, 41)"
+answer = response["choices"][0]["message"]["content"]
+assert answer.strip().lower() == "blue", f"answer {answer!r}, want 'blue'"
+print(f"ok: answer {answer!r}, usage visual_tokens={got[0]} visual_tokens_kept={got[1]} prompt_tokens={got[2]}")
 PY
 log "image $IMAGE: $(( SIZE / 1000000 )) MB"

@@ -19,8 +19,8 @@ behind (engine processes, the metrics directory) and exits with the server's sta
    ``config.PRUNING_PARAMETERS``) and the request-policy switches (docs/security.md); those are
    validated by the settings object and exported as ``MIPRUNER_*`` so the engine and worker
    processes see the same values;
-3. the model: ``--model`` / positional tag, or the embedded tiny demo checkpoint (built once,
-   cached, no network);
+3. the model: ``--model`` / positional tag, or the embedded trained demo checkpoint (shipped,
+   no network);
 4. the plugin's flags for that model's architecture
    (:func:`mipruner_vllm.integration.launch.engine_overrides`) and the pruning middleware
    (vLLM's ``--middleware`` hook, so every API-server process vLLM starts gets it);
@@ -47,7 +47,7 @@ from typing import Any
 #: The pruning layer, loaded by vLLM's ``--middleware`` hook in each API-server process.
 MIDDLEWARE = "mipruner_vllm.server.middleware.PruningMiddleware"
 #: Embedded default: family and size of the demo checkpoint served when no model is given.
-DEMO_ARCH, DEMO_SIZE = "qwen2_5_vl", "tiny"
+DEMO_ARCH, DEMO_SIZE = "qwen2_5_vl", "trained"
 DEMO_SERVED_NAME = "mipruner-demo"
 REAL_MODEL_HINT = "mipruner-vllm serve --model Qwen/Qwen2.5-VL-7B-Instruct"
 
@@ -238,7 +238,7 @@ _COMPILE_FLAGS = ("--enforce-eager", "--no-enforce-eager", "-O", "--compilation-
 
 
 def use_demo_model(args: argparse.Namespace, argv: list[str]) -> None:
-    """Serve the embedded tiny demo checkpoint (built on first use, then cached)."""
+    """Serve the embedded demo checkpoint (the trained one shipped in the package)."""
     from mipruner_vllm.demo_model import ensure_demo_model
 
     path = ensure_demo_model(DEMO_ARCH, DEMO_SIZE)
@@ -249,9 +249,9 @@ def use_demo_model(args: argparse.Namespace, argv: list[str]) -> None:
         # torch.compile of a 2-layer model buys nothing and costs ~30 s of start-up on CPU.
         args.enforce_eager = True
     logger.warning(
-        "No --model given: serving the embedded demo checkpoint '%s' (%s, %s, random weights, "
-        "built locally at %s). Its answers are meaningless; it exists so the endpoint, pruning "
-        "and metrics work offline. Serve a real model with: %s",
+        "No --model given: serving the embedded demo checkpoint '%s' (%s, %s, at %s): a tiny model "
+        "trained only to answer questions about coloured shapes (`mipruner-vllm demo-data`); "
+        "anything else gets a meaningless answer. Serve a real model with: %s",
         args.served_model_name[0],
         DEMO_ARCH,
         DEMO_SIZE,
@@ -335,7 +335,8 @@ def build_parser() -> Any:
     parser = resolve("FlexibleArgumentParser")(
         prog="mipruner-vllm serve",
         description="vLLM's OpenAI-compatible server with MI-Pruner visual-token pruning. With no "
-        "--model, serves a tiny built-in demo checkpoint (meaningless answers, no network needed).",
+        "--model, serves a tiny built-in demo checkpoint trained on coloured shapes (no network "
+        "needed).",
     )
     parser = resolve("make_arg_parser")(parser)
     add_pruning_args(parser)

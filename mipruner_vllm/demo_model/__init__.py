@@ -19,6 +19,13 @@ vLLM decodes with OpenCV.
 
 CLI: ``mipruner-vllm demo-model --arch qwen3_5 --out DIR [--size tiny|mid]``.
 
+One more checkpoint is *trained*, not random: ``qwen2_5_vl`` at the ``tiny`` shapes, trained on
+the coloured-shapes task of :mod:`.task` by the recipe in :mod:`.train` and shipped in the
+package (``trained/qwen2_5_vl``, :data:`TRAINED_SHA256`). It is what ``mipruner-vllm serve``
+serves when no model is given (``ensure_demo_model("qwen2_5_vl", "trained")``), so the default
+server answers questions about the task's images correctly. ``mipruner-vllm demo-train --out
+DIR`` reproduces it.
+
 The same ``(arch, size)`` always gives the same bytes (seeded init, deterministic tokenizer
 training, fixed templates), so checkpoints can be cached by name (:func:`ensure_demo_model`).
 """
@@ -38,9 +45,12 @@ __all__ = [
     "BUILDER_VERSION",
     "DEMO_ARCHS",
     "DEMO_SIZES",
+    "TRAINED_SHA256",
+    "TRAINED_SIZE",
     "build_demo_model",
     "demo_cache_root",
     "ensure_demo_model",
+    "trained_demo_model",
     "write_checkpoint",
 ]
 
@@ -50,6 +60,22 @@ BUILDER_VERSION = 2
 
 DEMO_ARCHS: tuple[str, ...] = tuple(FAMILIES)
 DEMO_SIZES: tuple[str, ...] = ("tiny", "mid")
+
+
+#: The size name of the trained checkpoint (not a family size: it is shipped, not built).
+TRAINED_SIZE = "trained"
+#: SHA-256 of the shipped trained weights (``model.safetensors``), as ``demo-train`` wrote them.
+TRAINED_SHA256 = "e2e543a737f7823d6eed1f132ad793151e855a88f14059ff3fc6f0672065d579"
+_TRAINED_ROOT = Path(__file__).with_name("trained")
+
+
+def trained_demo_model(arch: str = "qwen2_5_vl") -> Path:
+    """The shipped trained checkpoint of ``arch`` (only ``qwen2_5_vl`` is trained)."""
+    path = _TRAINED_ROOT / arch
+    if not (path / COMPLETE_MARKER).is_file():
+        trained = sorted(p.name for p in _TRAINED_ROOT.glob("*/" + COMPLETE_MARKER))
+        raise ValueError(f"no trained demo checkpoint for {arch!r}; trained: {', '.join(trained)}")
+    return path
 
 
 def _validate(arch: str, size: str) -> None:
@@ -107,8 +133,11 @@ def ensure_demo_model(
 
     The checkpoint lives in ``<root>/<arch>-<size>-v<BUILDER_VERSION>`` (root from
     :func:`demo_cache_root`) and is built atomically (:func:`.cache.build_once`), so concurrent
-    builders never see a half-written checkpoint.
+    builders never see a half-written checkpoint. ``size="trained"`` returns the shipped trained
+    checkpoint (:func:`trained_demo_model`); nothing is built or cached for it.
     """
+    if size == TRAINED_SIZE:
+        return trained_demo_model(arch)
     _validate(arch, size)
     final = demo_cache_root(cache_dir) / f"{arch}-{size}-v{BUILDER_VERSION}"
     return build_once(final, lambda tmp: write_checkpoint(arch, size, tmp))

@@ -59,8 +59,34 @@ def _image_url(value: str, base: Path, where: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _item(row: object, where: str, base: Path, line_number: int) -> Item:
+    """One JSONL line's object as an :class:`Item`; raises :class:`DatasetError` naming the key."""
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected a JSON object")
+    for key in ("image", "question", "answer"):
+        if key not in row:
+            raise DatasetError(f"{where}: missing key {key!r}")
+    images = row["image"] if isinstance(row["image"], list) else [row["image"]]
+    answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+    if not images or not all(isinstance(i, str) and i for i in images):
+        raise DatasetError(f"{where}: 'image' must be a non-empty string or list of strings")
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise DatasetError(f"{where}: 'question' must be a non-empty string")
+    if not answers or not all(isinstance(a, (str, int, float)) for a in answers):
+        raise DatasetError(f"{where}: 'answer' must be a string or a list of strings")
+    return Item(
+        id=str(row.get("id", line_number)),
+        images=tuple(_image_url(i, base, where) for i in images),
+        question=row["question"],
+        answers=tuple(str(a) for a in answers),
+    )
+
+
 def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
-    """Read and check a JSONL dataset; raises :class:`DatasetError` on the first bad line."""
+    """Read and check a JSONL dataset; raises :class:`DatasetError` on the first bad line.
+
+    Keys other than ``id``, ``image``, ``question`` and ``answer`` (the demo task's ``kind``)
+    are ignored."""
     path = Path(path)
     items: list[Item] = []
     seen: set[str] = set()
@@ -73,33 +99,11 @@ def load_items(path: str | Path, limit: int | None = None) -> list[Item]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{where}: expected a JSON object")
-            for key in ("image", "question", "answer"):
-                if key not in row:
-                    raise DatasetError(f"{where}: missing key {key!r}")
-            images = row["image"] if isinstance(row["image"], list) else [row["image"]]
-            answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-            if not images or not all(isinstance(i, str) and i for i in images):
-                raise DatasetError(
-                    f"{where}: 'image' must be a non-empty string or list of strings"
-                )
-            if not isinstance(row["question"], str) or not row["question"].strip():
-                raise DatasetError(f"{where}: 'question' must be a non-empty string")
-            if not answers or not all(isinstance(a, (str, int, float)) for a in answers):
-                raise DatasetError(f"{where}: 'answer' must be a string or a list of strings")
-            item_id = str(row.get("id", number))
-            if item_id in seen:
-                raise DatasetError(f"{where}: duplicate id {item_id!r}")
-            seen.add(item_id)
-            items.append(
-                Item(
-                    id=item_id,
-                    images=tuple(_image_url(i, path.parent, where) for i in images),
-                    question=row["question"],
-                    answers=tuple(str(a) for a in answers),
-                )
-            )
+            item = _item(row, where, path.parent, number)
+            if item.id in seen:
+                raise DatasetError(f"{where}: duplicate id {item.id!r}")
+            seen.add(item.id)
+            items.append(item)
             if limit is not None and len(items) >= limit:
                 break
     if not items:

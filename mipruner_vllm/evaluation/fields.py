@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mipruner_vllm.config import PRUNING_PARAMETERS
 from mipruner_vllm.params import REQUEST_FIELDS, params_from_request, split_pruning_fields
 
-#: Request fields whose JSON type is a number (an integer from a tool's parser is widened).
-NUMBER_FIELDS = frozenset({"keep_ratio", "mi_lambda", "mi_tau", "trim_stage1_ratio"})
+#: Request fields whose JSON type is a number (an integer from a tool's parser is widened):
+#: the float parameters of the one declaration, ``config.PRUNING_PARAMETERS``.
+NUMBER_FIELDS = frozenset(p.request for p in PRUNING_PARAMETERS if p.kind is float)
 
 
 def split_model_args(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

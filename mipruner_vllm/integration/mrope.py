@@ -29,10 +29,13 @@ Positions travel as ``hi * 256 + lo`` pairs so they are exact in bfloat16/float1
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from mipruner_vllm.pruning.select import TEST_ONLY_FAULT_ENV
 
 #: Extra columns appended to each media item's embeddings: (t, h, w) as (hi, lo) pairs.
 POSITION_COLUMNS = 6
@@ -43,6 +46,13 @@ _RADIX = 256
 KEEP_PROVISIONAL = -1.0
 #: Positions below this are carried exactly (two base-256 digits).
 POSITION_LIMIT = _RADIX * _RADIX
+
+#: TEST ONLY, never set in production: with ``MIPRUNER_TEST_ONLY_FAULT=provisional-positions``
+#: (:data:`mipruner_vllm.pruning.select.TEST_ONLY_FAULT_ENV`) in the environment of every server
+#: process, :func:`recompute_media_positions` writes no media position, so a pruned item's kept
+#: tokens stay at the provisional positions (the first ``n_keep`` of the grid in raster order):
+#: the position bug this module exists to prevent.
+_PROVISIONAL_POSITIONS_FAULT = os.environ.get(TEST_ONLY_FAULT_ENV) == "provisional-positions"
 
 
 def grid_positions(t: int, h: int, w: int, t_factor: float = 1.0) -> torch.Tensor:
@@ -181,6 +191,8 @@ def recompute_media_positions(
     row = rank.clamp(min=0, max=max(n_rows - 1, 0))
     gathered = columns[:, row]  # (3, length)
     target = window & (rank < n_rows) & (gathered[0] >= 0)
+    if _PROVISIONAL_POSITIONS_FAULT:  # test only (TEST_ONLY_FAULT_ENV)
+        target = torch.zeros_like(target)
     positions = torch.where(target.unsqueeze(0), gathered + base.unsqueeze(0), mrope_positions)
     delta = int(positions.max()) + 1 - positions.shape[1]
     return stripped, positions, delta

@@ -10,7 +10,9 @@ backend produced each item (what the vLLM worker reports in its metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +24,23 @@ from mipruner_vllm.params import PruningParams, resolve_params, takes_pruning_pa
 from mipruner_vllm.pruning.dispatch import Selection, dispatch, select_reference
 
 __all__ = ["Selection", "select_batch", "select_reference", "select_tokens", "select_tokens_batch"]
+
+#: TEST ONLY, never set in production. ``MIPRUNER_TEST_ONLY_FAULT`` in the environment of every
+#: server process injects a fault the accuracy test (``tests/server/test_demo_accuracy.py``)
+#: must catch: ``shifted-indices`` here (every kept index moves to the next token, modulo the
+#: item: the off-by-one a broken gather would make), ``provisional-positions`` in
+#: :mod:`mipruner_vllm.integration.mrope`. Read once, at import.
+TEST_ONLY_FAULT_ENV = "MIPRUNER_TEST_ONLY_FAULT"
+_SHIFTED_INDICES_FAULT = os.environ.get(TEST_ONLY_FAULT_ENV) == "shifted-indices"
+
+
+def _shifted(selection: Selection, visuals: Sequence[torch.Tensor]) -> Selection:
+    """The test-only fault: each kept index + 1 (modulo N_V), still ascending and distinct."""
+    indices = [
+        torch.sort((kept + 1) % max(v.shape[0], 1)).values
+        for kept, v in zip(selection.indices, visuals, strict=True)
+    ]
+    return dataclasses.replace(selection, indices=indices)
 
 
 def check_embeddings(visual: torch.Tensor, text: torch.Tensor, *, item: int | None = None) -> None:
@@ -120,7 +139,10 @@ def select_batch(
         check_embeddings(v, t, item=i if len(visuals) > 1 else None)
     check_finite(visuals, texts)
     backend = backend if backend is not None else get_settings().backend
-    return dispatch(list(visuals), list(texts), list(params), backend)
+    selection = dispatch(list(visuals), list(texts), list(params), backend)
+    if _SHIFTED_INDICES_FAULT:  # test only (TEST_ONLY_FAULT_ENV)
+        return _shifted(selection, visuals)
+    return selection
 
 
 def select_tokens_batch(

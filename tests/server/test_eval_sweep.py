@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``mipruner-vllm eval-sweep`` against a real server (the tiny demo checkpoint).
+"""``mipruner-vllm eval-sweep`` against a real server (the embedded demo checkpoint).
 
 The commands are read from docs/evaluation.md (the block marked ``tested:``) and run as they
 are written there, with only the server's address and the working folder changed, plus one

@@ -10,6 +10,7 @@ import json
 import httpx
 import pytest
 
+from mipruner_vllm.config import SEED_MAX
 from mipruner_vllm.evaluation.data import (
     DatasetError,
     is_correct,
@@ -27,6 +28,7 @@ from mipruner_vllm.evaluation.sweep import (
     run_jsonl_setting,
     write_csv,
 )
+from mipruner_vllm.evaluation.sweep.settings import item_fields
 
 pytestmark = pytest.mark.unit
 
@@ -344,3 +346,58 @@ def test_jsonl_as_an_lmms_eval_task(tmp_path):
     bad.write_text('{"image": "data:image/png;base64,AA", "question": "q", "answer": "a"}\n')
     with pytest.raises(DatasetError, match="local image files only"):
         task.write_task(bad, tmp_path / "t2")
+
+
+def test_random_settings_send_a_per_item_seed_derived_from_seed_and_item(tmp_path):
+    """A random baseline keeps a different pattern per item (one seed for all would keep the same
+    positions in every same-sized image), reproducibly; other methods are sent as set."""
+    fields = {"keep_ratio": 0.25, "pruning_method": "random"}
+    seeds = {item_fields(fields, f"item-{i}")["pruning_seed"] for i in range(50)}
+    assert len(seeds) == 50
+    assert item_fields(fields, "item-3") == item_fields(dict(fields), "item-3")
+    assert item_fields({**fields, "pruning_seed": 0}, "a") == item_fields(fields, "a")
+    assert item_fields({**fields, "pruning_seed": 1}, "a") != item_fields(fields, "a")
+    assert all(0 <= s <= SEED_MAX for s in seeds)
+    mi = {"keep_ratio": 0.25, "pruning_method": "mi"}
+    assert item_fields(mi, "item-3") is mi
+
+    sent = []
+
+    def handler(request):
+        if request.url.path.endswith("/metrics"):
+            return httpx.Response(404)
+        sent.append(json.loads(request.content)["pruning_seed"])
+        usage = {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}
+        usage |= {"visual_tokens": 16, "visual_tokens_kept": 4}
+        return httpx.Response(
+            200, text=_chunks("red", usage), headers={"content-type": "text/event-stream"}
+        )
+
+    items = load_items(write_demo_dataset(tmp_path / "d", n_items=4))
+    row = run_jsonl_setting(
+        _client(handler),
+        "m",
+        items,
+        Setting(fields),
+        dataset="items.jsonl",
+        run_dir=tmp_path / "run",
+        root_url="http://127.0.0.1:9",
+        max_tokens=4,
+        concurrency=1,
+        match="exact",
+        allow_failed=0.0,
+        progress=False,
+    )
+    assert row.status == "ok"
+    assert sent == [item_fields(fields, item.id)["pruning_seed"] for item in items]
+    assert json.loads(row.fields) == fields  # the row names the setting, not the derived seeds
+
+
+def test_number_fields_are_the_declared_float_parameters():
+    from mipruner_vllm.config import PRUNING_PARAMETERS
+    from mipruner_vllm.evaluation.fields import NUMBER_FIELDS
+
+    declared = {p.request for p in PRUNING_PARAMETERS if p.kind is float}
+    assert NUMBER_FIELDS == declared
+    assert {"keep_ratio", "mi_lambda", "mi_tau"} <= NUMBER_FIELDS
+    assert "keep_tokens" not in NUMBER_FIELDS and "pruning_seed" not in NUMBER_FIELDS
