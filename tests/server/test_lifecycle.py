@@ -1,9 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The server's life and death: nothing is left behind however it ends, a dead engine is a failure
-status, and the media-URL policy's fetch timeout and private-address switch (own servers)."""
+"""The server's life and death: nothing is left behind however it ends (SIGKILL with requests in
+flight included, with one and two API-server processes), SIGTERM drains the requests in flight
+while new ones and readiness get a 503, a dead engine is a failure status with any number of
+API-server processes (which all apply the policy and count exactly), and the media-URL policy's
+fetch timeout and private-address switch (own servers)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -13,7 +18,16 @@ import time
 import httpx
 import psutil
 import pytest
-from helpers.server import MODEL, CountingImageServer, chat_body, start_server, url_chat_body
+from helpers.server import (
+    MODEL,
+    N_VISUAL,
+    CountingImageServer,
+    chat_body,
+    sample,
+    scrape,
+    start_server,
+    url_chat_body,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 OWN_SERVER = True  # conftest orders this module last: it stops the shared server
@@ -127,12 +141,194 @@ def test_private_urls_when_allowed_fetch_timeout_and_sigterm_cleanup(fresh):
     _assert_all_gone(processes, metrics_dir)
 
 
-def test_sigkill_of_the_launcher_leaves_nothing_behind(fresh):
-    server = fresh(name="sigkill")
+class _Request(threading.Thread):
+    """One request on its own connection, recording how it ended (never raising)."""
+
+    def __init__(self, base_url: str, body: dict) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.body = base_url, body
+        self.status: int | None = None
+        self.data = b""
+        self.error: str | None = None
+        self.first_byte = threading.Event()
+
+    def run(self) -> None:
+        try:
+            # A generous read timeout: a request the server forgot must show up as a timeout
+            # (the old failure), distinct from the connection closing.
+            with httpx.Client(timeout=httpx.Timeout(10, read=240)) as http:
+                with http.stream(
+                    "POST", self.base_url + "/v1/chat/completions", json=self.body
+                ) as response:
+                    self.status = response.status_code
+                    for chunk in response.iter_bytes():
+                        self.data += chunk
+                        self.first_byte.set()
+        except httpx.TimeoutException as exc:
+            self.error = f"timeout: {exc!r}"
+        except httpx.HTTPError as exc:  # the connection closed: what a client should see
+            self.error = f"closed: {type(exc).__name__}"
+        finally:
+            self.first_byte.set()
+
+    @property
+    def complete(self) -> bool:
+        """A 200 whose body ended properly: a JSON body with usage, or a stream up to [DONE]."""
+        if self.status != 200 or self.error is not None:
+            return False
+        if self.body.get("stream"):
+            return self.data.rstrip().endswith(b"data: [DONE]")
+        return "usage" in json.loads(self.data)
+
+
+def _long_requests(base_url: str, max_tokens: int) -> list[_Request]:
+    """Two JSON requests and two streams that decode ``max_tokens`` tokens each."""
+    requests = [
+        _Request(
+            base_url,
+            chat_body(
+                max_tokens=max_tokens,
+                ignore_eos=True,
+                stream=stream,
+                stream_options={"include_usage": True} if stream else None,
+                seed=i,
+            ),
+        )
+        for i, stream in enumerate((False, False, True, True))
+    ]
+    for request in requests:
+        request.start()
+    return requests
+
+
+@pytest.mark.parametrize("api_servers", [1, 2])
+def test_sigkill_with_requests_in_flight_leaves_nothing_and_closes_connections(fresh, api_servers):
+    args = ["--api-server-count", "2"] if api_servers == 2 else []
+    server = fresh(*args, name=f"sigkill-{api_servers}")
     processes = _tree(server.process.pid)
     metrics_dir = _metrics_dir(processes)
+    requests = _long_requests(server.base_url, max_tokens=500)
+    time.sleep(2)  # the requests are in the server: being processed, queued or decoding
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(timeout=30)
+    # Every process goes (the server bounds its own shutdown once its supervisor is gone), and
+    # every client sees its request end: a response, or its connection closing; never a client
+    # left waiting on a server that is gone (it used to wait for uvicorn for 120 s and more).
+    _assert_all_gone(processes, metrics_dir, timeout=60)
+    for request in requests:
+        request.join(timeout=60)
+        assert not request.is_alive() and not (request.error or "").startswith("timeout"), (
+            request.status,
+            request.error,
+            request.data[-200:],
+        )
+
+
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(fresh):
+    server = fresh("--shutdown-timeout", "120", name="drain")
+    processes = _tree(server.process.pid)
+    metrics_dir = _metrics_dir(processes)
+    requests = _long_requests(server.base_url, max_tokens=64)
+    for request in requests[2:]:  # both streams are decoding
+        assert request.first_byte.wait(timeout=240)
+    server.process.send_signal(signal.SIGTERM)
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        # Readiness fails from the stop on, and a new request is refused with an OpenAI-style
+        # 503 (the supervisor marks the stop before it passes the signal on).
+        deadline = time.monotonic() + 30
+        while http.get("/health").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert http.get("/health").status_code == 503
+        refused = http.post("/v1/chat/completions", json=chat_body())
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == 503
+        assert refused.headers["connection"] == "close"
+        assert http.get("/ping").status_code == 200  # liveness holds during the drain
+    for request in requests:
+        request.join(timeout=240)
+    # Every request in flight completed: the drain let them finish (exact usage included).
+    for request in requests:
+        assert request.complete, (request.status, request.error, request.data[-300:])
+    assert server.process.wait(timeout=240) == 0, server.log_tail()
+    _assert_all_gone(processes, metrics_dir)
+
+
+def _api_server_of(connection: http.client.HTTPConnection, api_servers: list[psutil.Process]):
+    """The API-server process holding the server side of ``connection``."""
+    port = connection.sock.getsockname()[1]
+    for process in api_servers:
+        if any(c.raddr and c.raddr.port == port for c in process.net_connections("tcp")):
+            return process.pid
+    return None
+
+
+def _post(connection: http.client.HTTPConnection, body: dict) -> tuple[int, dict]:
+    connection.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def _connections_on_each(server, api_servers: list[psutil.Process]):
+    """Keep-alive connections until each API-server process holds one (vLLM balances new
+    connections to the least loaded process, so a second open connection lands on the other)."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    held, by_process = [], {}
+    for _ in range(20):
+        connection = http.client.HTTPConnection(host, int(port), timeout=120)
+        connection.connect()
+        held.append(connection)
+        deadline = time.monotonic() + 10
+        while (owner := _api_server_of(connection, api_servers)) is None:
+            assert time.monotonic() < deadline, "no API-server process holds the connection"
+            time.sleep(0.1)
+        by_process.setdefault(owner, connection)
+        if len(by_process) == len(api_servers):
+            return held, list(by_process.values())
+    raise AssertionError(f"connections reached only {sorted(by_process)}")
+
+
+def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_death(fresh):
+    server = fresh("--api-server-count", "2", name="api-servers-2")
+    processes = _tree(server.process.pid)
+    metrics_dir = _metrics_dir(processes)
+    api_servers = [p for p in processes if "APIServer" in p.name()]
+    assert len(api_servers) == 2, [(p.pid, p.name()) for p in processes]
+    held, connections = _connections_on_each(server, api_servers)
+    labels = {"model": MODEL, "method": "mi", "modality": "image"}
+    before = scrape(server.base_url)
+    try:
+        for connection in connections:
+            # The request policy runs in this process: a bad field is a 400 naming it...
+            status, body = _post(connection, chat_body(keep_ratio=1.5))
+            assert status == 400 and body["error"]["param"] == "keep_ratio", body
+            status, body = _post(connection, chat_body(keep_ration=0.5))
+            assert status == 400, body
+            # ...and a good one is pruned, with the outcome in usage.
+            status, body = _post(connection, chat_body(keep_ratio=0.5))
+            assert status == 200, body
+            usage = body["usage"]
+            assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (N_VISUAL, 8)
+    finally:
+        for connection in held:
+            connection.close()
+    # Both processes counted their delivered responses into the one metrics directory.
+    after = scrape(server.base_url)
+    delta = {
+        name: sample(after, name, **labels) - sample(before, name, **labels)
+        for name in ("mipruner_visual_tokens_total", "mipruner_visual_tokens_kept_total")
+    }
+    assert delta == {
+        "mipruner_visual_tokens_total": 2 * N_VISUAL,
+        "mipruner_visual_tokens_kept_total": 2 * 8,
+    }
+    # The engine dies: whichever API-server process sees it, the exit status says so.
+    engine = [p for p in processes if p.name().startswith("VLLM::EngineCore")]
+    assert engine, [(p.pid, p.name()) for p in processes]
+    engine[0].kill()
+    returncode = server.process.wait(timeout=180)
+    assert returncode == 3, server.log_tail()  # lifecycle.ENGINE_DIED_STATUS
     _assert_all_gone(processes, metrics_dir)
 
 
