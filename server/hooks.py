@@ -20,7 +20,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import multiprocessing
 from typing import Any
 
 from mipruner_vllm.integration.vllm_surface import apply_patch
@@ -79,18 +78,18 @@ def bound_http_shutdown(app: Any) -> None:
     """Limit how long uvicorn waits for open connections at shutdown (its default: forever).
 
     Called at lifespan startup, when vLLM's ``serve_http`` has built the uvicorn server
-    (``app.state.server``) and before it can stop. uvicorn reads ``timeout_graceful_shutdown``
-    when it shuts down: past it, it cancels the requests still open and closes their
-    connections, so a client never waits on an engine that is gone
-    (:func:`.lifecycle.http_close_grace_s`). An API-server process started by vLLM's
-    multi-process manager (``--api-server-count`` > 1) does not own the engine.
+    (``app.state.server``) and before it can stop. Why: vLLM stops HTTP only after it has stopped
+    its engine client (the engine drained for ``--shutdown-timeout`` seconds by then, and the
+    client's output handler is cancelled), so a request still open at that point is never
+    answered, and uvicorn would wait for its client to give up. uvicorn reads
+    ``timeout_graceful_shutdown`` when it shuts down: past it, it cancels the requests still open
+    and the clients see their connections close.
     """
     server = getattr(getattr(app, "state", None), "server", None)
     config = getattr(server, "config", None)
-    if config is None:
-        return
-    owns_engine = multiprocessing.parent_process() is None
-    config.timeout_graceful_shutdown = lifecycle.http_close_grace_s(owns_engine)
+    if config is not None:
+        config.timeout_graceful_shutdown = lifecycle.HTTP_CLOSE_GRACE_S
+    lifecycle.note_serving()
 
 
 def note_engine_death(app: Any) -> None:

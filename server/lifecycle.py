@@ -9,9 +9,16 @@ directory the supervisor makes and names in :data:`STATE_DIR_ENV` (inherited by 
 * ``stopping``: written by the supervisor when it is asked to stop, before it passes the signal
   on; from then on every API-server process refuses new requests with a 503 and fails ``/health``
   (readiness), while the requests in flight drain (``--shutdown-timeout``);
+* ``serving``: written by every API-server process when its HTTP server has started;
 * ``engine-died``: written by whichever API-server process sees vLLM's engine client errored at
-  shutdown; the supervisor then exits with :data:`ENGINE_DIED_STATUS`, however many API-server
-  processes there were and whichever of them noticed.
+  shutdown (with one API-server process, the one that owns the engine client always does).
+
+The supervisor exits with :data:`ENGINE_DIED_STATUS` when the server stopped without being asked
+and either marker says it failed while serving: ``engine-died``, or ``serving`` and a failure
+status. The second case is how engine death shows with ``--api-server-count`` > 1: there the
+API-server processes' engine clients do not watch the engine (vLLM 0.32 gives that watch to the
+process that started the engine), and that process reports the death as an error of its process
+manager (exit status 1).
 
 No vLLM import: the supervisor uses this module too.
 """
@@ -24,14 +31,14 @@ from typing import Any
 
 #: The supervisor's state directory (marker files), inherited by every process it starts.
 STATE_DIR_ENV = "_MIPRUNER_STATE_DIR"
-#: Exit status when vLLM's engine died (distinct from Python's 1 for an uncaught exception).
+#: Exit status when vLLM's engine died while serving (distinct from Python's 1 for an uncaught
+#: exception, say at start-up); see the module docstring for how it is told apart.
 ENGINE_DIED_STATUS = 3
-#: vLLM's ``--shutdown-timeout`` (its drain window), exported by the launcher for every process.
-DRAIN_ENV = "_MIPRUNER_DRAIN_S"
-#: Seconds uvicorn keeps open connections once the engine has stopped (see http_close_grace_s).
+#: Seconds uvicorn keeps open connections once it stops (see :func:`..hooks.bound_http_shutdown`).
 HTTP_CLOSE_GRACE_S = 3.0
 
 _STOPPING = "stopping"
+_SERVING = "serving"
 _ENGINE_DIED = "engine-died"
 
 
@@ -63,6 +70,20 @@ def stopping() -> bool:
     return _noted(_STOPPING)
 
 
+def note_serving() -> None:
+    """An API-server process has started serving (a later failure is a failure while serving)."""
+    _note(_SERVING)
+
+
+def serving() -> bool:
+    return _noted(_SERVING)
+
+
+def failed_while_serving(returncode: int) -> bool:
+    """Whether a server that stopped unasked died of its engine (see the module docstring)."""
+    return engine_died() or (serving() and returncode != 0)
+
+
 def note_engine_died() -> None:
     """vLLM's engine died: the supervisor exits with :data:`ENGINE_DIED_STATUS`."""
     _note(_ENGINE_DIED)
@@ -70,23 +91,6 @@ def note_engine_died() -> None:
 
 def engine_died() -> bool:
     return _noted(_ENGINE_DIED)
-
-
-def http_close_grace_s(owns_engine: bool) -> float:
-    """Seconds uvicorn waits for open connections at shutdown before it cancels them.
-
-    uvicorn's default is no limit, and a request whose engine is gone never ends: the API server
-    would wait until every client gave up (the client sees nothing). After this grace uvicorn
-    cancels them and the client sees its connection close. A process that owns its engine (one
-    API server) stops HTTP only after vLLM drained and stopped the engine, so a short grace
-    flushes the last bytes; one of several API-server processes stops HTTP first, while the engine
-    still runs, so its requests get the whole drain window.
-    """
-    try:
-        drain = max(float(os.environ.get(DRAIN_ENV, "0")), 0.0)
-    except ValueError:
-        drain = 0.0
-    return HTTP_CLOSE_GRACE_S if owns_engine else max(drain, HTTP_CLOSE_GRACE_S)
 
 
 #: ``GET`` paths that fail while stopping: readiness (``/ping`` stays the liveness answer).

@@ -125,10 +125,11 @@ def watch_supervisor() -> None:
     supervisor would have removed (while the supervisor lives it reads the state directory after
     the server exits, so the server leaves it alone then).
     """
-    supervisor = os.getppid()
+    supervisor, server = os.getppid(), os.getpid()
 
     def remove_if_orphaned() -> None:
-        if os.getppid() != supervisor:
+        # getpid: a process forked from this one inherits atexit handlers, not the role.
+        if os.getpid() == server and os.getppid() != supervisor:
             _remove_own_directories()
 
     def watch() -> None:
@@ -190,7 +191,7 @@ def _wait(child: subprocess.Popen, stop: _StopForwarder, grace_s: float) -> tupl
 def _exit_status(returncode: int, stop_requested: bool, killed: bool) -> int:
     if killed:
         return KILLED_STATUS
-    if lifecycle.engine_died() and not stop_requested:
+    if not stop_requested and lifecycle.failed_while_serving(returncode):
         return lifecycle.ENGINE_DIED_STATUS
     if stop_requested and returncode == lifecycle.ENGINE_DIED_STATUS:
         # vLLM stops its engine first when asked to stop, so at exit the server cannot tell a

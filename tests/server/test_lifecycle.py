@@ -209,14 +209,17 @@ def test_sigkill_with_requests_in_flight_leaves_nothing_and_closes_connections(f
     metrics_dir = _metrics_dir(processes)
     requests = _long_requests(server.base_url, max_tokens=500)
     time.sleep(2)  # the requests are in the server: being processed, queued or decoding
+    killed_at = time.monotonic()
     server.process.send_signal(signal.SIGKILL)
     server.process.wait(timeout=30)
     # Every process goes (the server bounds its own shutdown once its supervisor is gone), and
     # every client sees its request end: a response, or its connection closing; never a client
     # left waiting on a server that is gone (it used to wait for uvicorn for 120 s and more).
     _assert_all_gone(processes, metrics_dir, timeout=60)
+    print(f"\nall processes gone {time.monotonic() - killed_at:.1f} s after SIGKILL")
     for request in requests:
         request.join(timeout=60)
+        print("client:", request.status, request.error, request.data[-80:])
         assert not request.is_alive() and not (request.error or "").startswith("timeout"), (
             request.status,
             request.error,
@@ -231,6 +234,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(fresh):
     requests = _long_requests(server.base_url, max_tokens=64)
     for request in requests[2:]:  # both streams are decoding
         assert request.first_byte.wait(timeout=240)
+    stopped_at = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     with httpx.Client(base_url=server.base_url, timeout=30) as http:
         # Readiness fails from the stop on, and a new request is refused with an OpenAI-style
@@ -246,10 +250,12 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(fresh):
         assert http.get("/ping").status_code == 200  # liveness holds during the drain
     for request in requests:
         request.join(timeout=240)
+        print("client:", request.status, request.error, request.data[-80:])
     # Every request in flight completed: the drain let them finish (exact usage included).
     for request in requests:
         assert request.complete, (request.status, request.error, request.data[-300:])
     assert server.process.wait(timeout=240) == 0, server.log_tail()
+    print(f"exit status 0 {time.monotonic() - stopped_at:.1f} s after SIGTERM")
     _assert_all_gone(processes, metrics_dir)
 
 
@@ -293,7 +299,7 @@ def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_dea
     server = fresh("--api-server-count", "2", name="api-servers-2")
     processes = _tree(server.process.pid)
     metrics_dir = _metrics_dir(processes)
-    api_servers = [p for p in processes if "APIServer" in p.name()]
+    api_servers = [p for p in processes if "apiserver" in p.name().lower()]
     assert len(api_servers) == 2, [(p.pid, p.name()) for p in processes]
     held, connections = _connections_on_each(server, api_servers)
     labels = {"model": MODEL, "method": "mi", "modality": "image"}

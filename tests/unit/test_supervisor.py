@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The vLLM-free parts of the server's life: flags, the supervisor's exit status, the markers the
-API-server processes share, the 503 while stopping, uvicorn's shutdown bound."""
+API-server processes share, the 503 while stopping."""
 
 from __future__ import annotations
 
@@ -63,20 +63,22 @@ def test_the_supervisor_reads_vllms_drain_window(argv, seconds):
 
 
 @pytest.mark.parametrize(
-    "returncode,stop_requested,killed,engine_died,status",
+    "returncode,stop_requested,killed,markers,status",
     [
-        (0, True, False, False, 0),  # a requested stop, completed
-        (3, True, False, True, 0),  # vLLM stops its engine first when asked to stop
-        (0, False, False, True, 3),  # engine death; one API server: vLLM returned 0
-        (1, False, False, True, 3),  # several API servers: vLLM's manager raised (status 1)
-        (0, True, True, False, KILLED_STATUS),  # the stop overran its grace
-        (1, False, False, False, 1),  # an error at start
-        (-9, False, False, False, 137),  # the server died of SIGKILL
-        (2, False, False, False, 2),  # bad flags
+        (0, True, False, {"serving"}, 0),  # a requested stop, completed
+        (3, True, False, {"serving", "died"}, 0),  # vLLM stops its engine first when asked to
+        (0, False, False, {"serving", "died"}, 3),  # engine death, one API server: vLLM returns 0
+        (1, False, False, {"serving"}, 3),  # several API servers: vLLM's manager raised
+        (0, True, True, {"serving"}, KILLED_STATUS),  # the stop overran its grace
+        (1, False, False, set(), 1),  # an error at start
+        (-9, False, False, set(), 137),  # the server died of SIGKILL before serving
+        (2, False, False, set(), 2),  # bad flags
     ],
 )
-def test_exit_status(state_dir, returncode, stop_requested, killed, engine_died, status):
-    if engine_died:
+def test_exit_status(state_dir, returncode, stop_requested, killed, markers, status):
+    if "serving" in markers:
+        lifecycle.note_serving()
+    if "died" in markers:
         lifecycle.note_engine_died()
     assert _exit_status(returncode, stop_requested, killed) == status
 
@@ -123,14 +125,3 @@ def test_while_stopping_new_requests_and_readiness_get_503(state_dir):
     for path in ("/ping", "/metrics", "/v1/models"):
         assert _call(_http("GET", path)) == (False, [])
     assert _call({"type": "lifespan"}) == (False, [])
-
-
-@pytest.mark.parametrize(
-    "owns_engine,drain,grace",
-    [(True, "60", lifecycle.HTTP_CLOSE_GRACE_S), (False, "60", 60.0), (False, "0", 3.0)],
-)
-def test_uvicorn_waits_for_the_drain_only_where_the_engine_still_runs(
-    monkeypatch, owns_engine, drain, grace
-):
-    monkeypatch.setenv(lifecycle.DRAIN_ENV, drain)
-    assert lifecycle.http_close_grace_s(owns_engine) == grace
