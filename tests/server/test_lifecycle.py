@@ -276,23 +276,28 @@ def _post(connection: http.client.HTTPConnection, body: dict) -> tuple[int, dict
     return response.status, json.loads(response.read())
 
 
-def _connections_on_each(server, api_servers: list[psutil.Process]):
-    """Keep-alive connections until each API-server process holds one (vLLM balances new
-    connections to the least loaded process, so a second open connection lands on the other)."""
+def _connection_to(server, target: psutil.Process, api_servers: list[psutil.Process]):
+    """A keep-alive connection held by the API-server process ``target``.
+
+    vLLM balances new connections to the least loaded API-server process, but on a loaded
+    machine the other process may not wake in time; with the others stopped (SIGSTOP) for the
+    moment of the accept, only ``target`` can take it.
+    """
     host, port = server.base_url.removeprefix("http://").split(":")
-    held, by_process = [], {}
-    for _ in range(20):
+    others = [p for p in api_servers if p.pid != target.pid]
+    for process in others:
+        process.suspend()
+    try:
         connection = http.client.HTTPConnection(host, int(port), timeout=120)
         connection.connect()
-        held.append(connection)
-        deadline = time.monotonic() + 10
-        while (owner := _api_server_of(connection, api_servers)) is None:
-            assert time.monotonic() < deadline, "no API-server process holds the connection"
+        deadline = time.monotonic() + 60
+        while _api_server_of(connection, api_servers) != target.pid:
+            assert time.monotonic() < deadline, "the API-server process did not take the connection"
             time.sleep(0.1)
-        by_process.setdefault(owner, connection)
-        if len(by_process) == len(api_servers):
-            return held, list(by_process.values())
-    raise AssertionError(f"connections reached only {sorted(by_process)}")
+    finally:
+        for process in others:
+            process.resume()
+    return connection
 
 
 def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_death(fresh):
@@ -301,7 +306,7 @@ def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_dea
     metrics_dir = _metrics_dir(processes)
     api_servers = [p for p in processes if "apiserver" in p.name().lower()]
     assert len(api_servers) == 2, [(p.pid, p.name()) for p in processes]
-    held, connections = _connections_on_each(server, api_servers)
+    connections = [_connection_to(server, target, api_servers) for target in api_servers]
     labels = {"model": MODEL, "method": "mi", "modality": "image"}
     before = scrape(server.base_url)
     try:
@@ -317,7 +322,7 @@ def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_dea
             usage = body["usage"]
             assert (usage["visual_tokens"], usage["visual_tokens_kept"]) == (N_VISUAL, 8)
     finally:
-        for connection in held:
+        for connection in connections:
             connection.close()
     # Both processes counted their delivered responses into the one metrics directory.
     after = scrape(server.base_url)
