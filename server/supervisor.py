@@ -50,7 +50,7 @@ MEDIA_CONNECTOR = "mipruner"
 #: connections and tear its engine down before the supervisor kills its process group.
 TEARDOWN_GRACE_S = 90.0
 #: Seconds an orphaned server (its supervisor killed) gets to finish vLLM's shutdown.
-ORPHAN_GRACE_S = 10.0
+ORPHAN_GRACE_S = 5.0
 #: The exit status when the supervisor had to kill the server (128 + SIGKILL).
 KILLED_STATUS = 128 + signal.SIGKILL
 _PR_SET_PDEATHSIG = 1
@@ -121,26 +121,23 @@ def watch_supervisor() -> None:
 
     The parent-death SIGTERM starts vLLM's own shutdown; this thread bounds it, so nothing of the
     server outlives a killed supervisor by more than :data:`ORPHAN_GRACE_S` (clients of requests
-    still open see their connection close). An orphaned server also removes the directories the
-    supervisor would have removed (while the supervisor lives it reads the state directory after
-    the server exits, so the server leaves it alone then).
+    still open see their connection close). Once orphaned, the server removes the directories
+    the supervisor would have removed (while the supervisor lives, it reads the state directory
+    after the server exits, so the server leaves it alone then), and arms ``SIGALRM`` (default
+    action: terminate) as well, because a daemon thread cannot run once the interpreter is
+    finalizing, which on a loaded machine can take longer than the grace.
     """
-    supervisor, server = os.getppid(), os.getpid()
-
-    def remove_if_orphaned() -> None:
-        # getpid: a process forked from this one inherits atexit handlers, not the role.
-        if os.getpid() == server and os.getppid() != supervisor:
-            _remove_own_directories()
+    supervisor = os.getppid()
 
     def watch() -> None:
         while os.getppid() == supervisor:
             time.sleep(0.5)
+        _remove_own_directories()
+        signal.alarm(int(ORPHAN_GRACE_S) + 1)
         time.sleep(ORPHAN_GRACE_S)
         logger.warning("mipruner: supervisor gone and shutdown unfinished; killing the server")
-        _remove_own_directories()
         os.killpg(0, signal.SIGKILL)
 
-    atexit.register(remove_if_orphaned)
     threading.Thread(target=watch, name="mipruner-supervisor-watch", daemon=True).start()
 
 
