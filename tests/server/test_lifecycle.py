@@ -65,26 +65,31 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _metrics_dir(processes: list[psutil.Process]) -> str:
+def _server_dirs(processes: list[psutil.Process]) -> list[str]:
+    """The metrics directory and the supervisor's state directory of the server."""
+    found: dict[str, str] = {}
     for process in processes:
         try:
-            path = process.environ().get("PROMETHEUS_MULTIPROC_DIR")
+            environ = process.environ()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if path:
-            return path
-    raise AssertionError("no process of the server has PROMETHEUS_MULTIPROC_DIR")
+        for name in ("PROMETHEUS_MULTIPROC_DIR", "_MIPRUNER_STATE_DIR"):
+            if environ.get(name):
+                found.setdefault(name, environ[name])
+    assert len(found) == 2, f"server directories not found: {found}"
+    return list(found.values())
 
 
 def _assert_all_gone(
-    processes: list[psutil.Process], metrics_dir: str, timeout: float = 120.0
+    processes: list[psutil.Process], directories: list[str], timeout: float = 120.0
 ) -> None:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     assert not alive, [(p.pid, p.name()) for p in alive]
     deadline = time.monotonic() + 30
-    while os.path.exists(metrics_dir) and time.monotonic() < deadline:
+    while any(map(os.path.exists, directories)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not os.path.exists(metrics_dir), f"metrics directory left behind: {metrics_dir}"
+    left = [path for path in directories if os.path.exists(path)]
+    assert not left, f"directories left behind: {left}"
 
 
 def _stalled_server() -> tuple[socket.socket, int]:
@@ -135,10 +140,10 @@ def test_private_urls_when_allowed_fetch_timeout_and_sigterm_cleanup(fresh):
         stalled.close()
     processes = _tree(server.process.pid)
     assert len(processes) >= 3  # supervisor, API server, engine core (at least)
-    metrics_dir = _metrics_dir(processes)
+    directories = _server_dirs(processes)
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=120) == 0
-    _assert_all_gone(processes, metrics_dir)
+    _assert_all_gone(processes, directories)
 
 
 class _Request(threading.Thread):
@@ -206,7 +211,7 @@ def test_sigkill_with_requests_in_flight_leaves_nothing_and_closes_connections(f
     args = ["--api-server-count", "2"] if api_servers == 2 else []
     server = fresh(*args, name=f"sigkill-{api_servers}")
     processes = _tree(server.process.pid)
-    metrics_dir = _metrics_dir(processes)
+    directories = _server_dirs(processes)
     requests = _long_requests(server.base_url, max_tokens=500)
     time.sleep(2)  # the requests are in the server: being processed, queued or decoding
     killed_at = time.monotonic()
@@ -215,7 +220,7 @@ def test_sigkill_with_requests_in_flight_leaves_nothing_and_closes_connections(f
     # Every process goes (the server bounds its own shutdown once its supervisor is gone), and
     # every client sees its request end: a response, or its connection closing; never a client
     # left waiting on a server that is gone (it used to wait for uvicorn for 120 s and more).
-    _assert_all_gone(processes, metrics_dir, timeout=60)
+    _assert_all_gone(processes, directories, timeout=60)
     print(f"\nall processes gone {time.monotonic() - killed_at:.1f} s after SIGKILL")
     for request in requests:
         request.join(timeout=60)
@@ -230,7 +235,7 @@ def test_sigkill_with_requests_in_flight_leaves_nothing_and_closes_connections(f
 def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(fresh):
     server = fresh("--shutdown-timeout", "120", name="drain")
     processes = _tree(server.process.pid)
-    metrics_dir = _metrics_dir(processes)
+    directories = _server_dirs(processes)
     requests = _long_requests(server.base_url, max_tokens=64)
     for request in requests[2:]:  # both streams are decoding
         assert request.first_byte.wait(timeout=240)
@@ -256,7 +261,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(fresh):
         assert request.complete, (request.status, request.error, request.data[-300:])
     assert server.process.wait(timeout=240) == 0, server.log_tail()
     print(f"exit status 0 {time.monotonic() - stopped_at:.1f} s after SIGTERM")
-    _assert_all_gone(processes, metrics_dir)
+    _assert_all_gone(processes, directories)
 
 
 def _api_server_of(connection: http.client.HTTPConnection, api_servers: list[psutil.Process]):
@@ -303,7 +308,7 @@ def _connection_to(server, target: psutil.Process, api_servers: list[psutil.Proc
 def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_death(fresh):
     server = fresh("--api-server-count", "2", name="api-servers-2")
     processes = _tree(server.process.pid)
-    metrics_dir = _metrics_dir(processes)
+    directories = _server_dirs(processes)
     api_servers = [p for p in processes if "apiserver" in p.name().lower()]
     assert len(api_servers) == 2, [(p.pid, p.name()) for p in processes]
     connections = [_connection_to(server, target, api_servers) for target in api_servers]
@@ -340,13 +345,13 @@ def test_two_api_servers_apply_the_policy_count_exactly_and_exit_3_on_engine_dea
     engine[0].kill()
     returncode = server.process.wait(timeout=180)
     assert returncode == 3, server.log_tail()  # lifecycle.ENGINE_DIED_STATUS
-    _assert_all_gone(processes, metrics_dir)
+    _assert_all_gone(processes, directories)
 
 
 def test_engine_death_is_a_failure_exit_status_and_leaves_nothing(fresh):
     server = fresh(name="engine-death")
     processes = _tree(server.process.pid)
-    metrics_dir = _metrics_dir(processes)
+    directories = _server_dirs(processes)
     supervisor = server.process.pid
     api_servers = {p.pid for p in processes if p.ppid() == supervisor}
     engine = [
@@ -368,4 +373,4 @@ def test_engine_death_is_a_failure_exit_status_and_leaves_nothing(fresh):
         pass
     returncode = server.process.wait(timeout=180)
     assert returncode == 3, server.log_tail()  # launcher.ENGINE_DIED_STATUS
-    _assert_all_gone(processes, metrics_dir)
+    _assert_all_gone(processes, directories)
