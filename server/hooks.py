@@ -1,13 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The two places where the server layer reads vLLM's API-server internals, kept in one file.
+"""The places where the server layer reads vLLM's API-server internals, kept in one file.
 
-Both names are declared in :mod:`mipruner_vllm.integration.vllm_surface` and checked at load:
+Every name is declared in :mod:`mipruner_vllm.integration.vllm_surface` and checked at load:
 
 * :func:`pruning_enabled` reads the served architecture from ``app.state.vllm_config``
   (set by ``init_app_state``);
 * :func:`ensure_outcome_context` makes the renderer's multimodal-processing thread see the
   request's :mod:`contextvars`, so :func:`mipruner_vllm.outcome.record_item`, called by the
-  processor, reaches the outcome collected for that request.
+  processor, reaches the outcome collected for that request;
+* :func:`bound_http_shutdown` (lifespan startup) gives uvicorn's shutdown a limit
+  (``app.state.server``, set by vLLM's ``serve_http``), and :func:`note_engine_death` (lifespan
+  shutdown) reads ``EngineClient.errored``: the two ends of the server's life
+  (:mod:`.lifecycle`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 from typing import Any
 
 from mipruner_vllm.integration.vllm_surface import apply_patch
+from mipruner_vllm.server import lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +72,33 @@ def ensure_outcome_context(app: Any) -> None:
 
     # Declared, logged, idempotent and undoable: mipruner_vllm.integration.vllm_surface.
     apply_patch("BaseRenderer._process_multimodal_async", renderer, process_multimodal_async)
+
+
+def bound_http_shutdown(app: Any) -> None:
+    """Limit how long uvicorn waits for open connections at shutdown (its default: forever).
+
+    Called at lifespan startup, when vLLM's ``serve_http`` has built the uvicorn server
+    (``app.state.server``) and before it can stop. Why: vLLM stops HTTP only after it has stopped
+    its engine client (the engine drained for ``--shutdown-timeout`` seconds by then, and the
+    client's output handler is cancelled), so a request still open at that point is never
+    answered, and uvicorn would wait for its client to give up. uvicorn reads
+    ``timeout_graceful_shutdown`` when it shuts down: past it, it cancels the requests still open
+    and the clients see their connections close.
+    """
+    server = getattr(getattr(app, "state", None), "server", None)
+    config = getattr(server, "config", None)
+    if config is not None:
+        config.timeout_graceful_shutdown = lifecycle.HTTP_CLOSE_GRACE_S
+    lifecycle.note_serving()
+
+
+def note_engine_death(app: Any) -> None:
+    """At lifespan shutdown: if vLLM's engine died, say so to the supervisor (exit status 3).
+
+    vLLM's ``EngineClient.errored`` is True once the engine core died; whichever API-server
+    process sees it writes the marker, so the status is right with any ``--api-server-count``.
+    """
+    engine_client = getattr(getattr(app, "state", None), "engine_client", None)
+    if getattr(engine_client, "errored", False):
+        lifecycle.note_engine_died()
+        logger.error("mipruner: vLLM's engine died; the server exits with a non-zero status")

@@ -22,9 +22,9 @@ every API-server process vLLM starts. It only routes; each concern lives in its 
 * ``GET /openapi.json`` gets the pruning fields (:mod:`.protocol`);
 * ``GET /playground`` serves the playground page when ``--playground`` is on
   (:mod:`.playground`);
-* at lifespan shutdown it notes whether vLLM's engine had stopped, so the launcher can exit with a
-  failure status when nobody asked it to stop (``docker --restart on-failure``, systemd and
-  Kubernetes then restart it).
+* the server's life (:mod:`.lifecycle`): while the server stops, new requests and readiness
+  probes get a 503; at lifespan startup uvicorn's shutdown gets a limit and the process is noted
+  as serving, at lifespan shutdown a dead engine is noted for the supervisor (:mod:`.hooks`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 from mipruner_vllm import metrics
 from mipruner_vllm.config import get_settings
 from mipruner_vllm.outcome import RequestOutcome, collect
-from mipruner_vllm.server import hooks
+from mipruner_vllm.server import hooks, lifecycle
 from mipruner_vllm.server.media import request_media  # (importing it registers the connector)
 from mipruner_vllm.server.playground import PLAYGROUND_PATH, send_page
 from mipruner_vllm.server.policy import (
@@ -64,10 +64,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-__all__ = ["CHAT_PATH", "COMPLETIONS_PATH", "GENERATE_PATHS", "ENGINE_STATE", "PruningMiddleware"]
-
-#: Set at lifespan shutdown: ``{"died": True}`` when vLLM's engine client had errored.
-ENGINE_STATE: dict[str, bool] = {"died": False}
+__all__ = ["CHAT_PATH", "COMPLETIONS_PATH", "GENERATE_PATHS", "PruningMiddleware"]
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
@@ -174,12 +171,6 @@ async def _send_json(send: Send, status: int, payload: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _engine_errored(app: Any) -> bool:
-    # vLLM's EngineClient.errored: True once the engine core died (the API server then shuts down).
-    engine_client = getattr(getattr(app, "state", None), "engine_client", None)
-    return bool(getattr(engine_client, "errored", False))
-
-
 class PruningMiddleware:
     """Pure-ASGI pruning layer (see the module docstring). Loaded by ``--middleware``."""
 
@@ -189,6 +180,8 @@ class PruningMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self._lifespan(scope, receive, send)
+        if await lifecycle.refuse_while_stopping(scope, send):
+            return
         if scope["type"] == "http":
             if scope["method"] == "POST":
                 return await self._post(scope, receive, send)
@@ -207,11 +200,10 @@ class PruningMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def watch() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown" and _engine_errored(scope.get("app")):
-                ENGINE_STATE["died"] = True
-                logger.error(
-                    "mipruner: vLLM's engine died; the server exits with a non-zero status"
-                )
+            if message["type"] == "lifespan.startup":
+                hooks.bound_http_shutdown(scope.get("app"))
+            elif message["type"] == "lifespan.shutdown":
+                hooks.note_engine_death(scope.get("app"))
             return message
 
         await self.app(scope, watch, send)

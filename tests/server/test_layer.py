@@ -148,7 +148,7 @@ def test_openapi_patch_adds_fields_without_touching_others():
 
 
 def _flags(**given):
-    from mipruner_vllm.server.launcher import PRUNING_FLAGS, add_pruning_args
+    from mipruner_vllm.server.flags import PRUNING_FLAGS, add_pruning_args
 
     parser = argparse.ArgumentParser()
     add_pruning_args(parser)
@@ -161,7 +161,7 @@ def test_launcher_exports_pruning_defaults_for_engine_processes():
     import os
 
     from mipruner_vllm.config import get_settings
-    from mipruner_vllm.server.launcher import export_pruning_defaults
+    from mipruner_vllm.server.flags import export_pruning_defaults
 
     exported = ("MIPRUNER_KEEP_RATIO", "MIPRUNER_METHOD", "MIPRUNER_MI_LAMBDA")
     try:
@@ -191,7 +191,7 @@ def test_launcher_exports_pruning_defaults_for_engine_processes():
     ],
 )
 def test_launcher_refuses_bad_defaults_naming_the_flag(given, flag):
-    from mipruner_vllm.server.launcher import export_pruning_defaults
+    from mipruner_vllm.server.flags import export_pruning_defaults
 
     with pytest.raises(ValueError, match=flag):
         export_pruning_defaults(_flags(**given))

@@ -62,7 +62,7 @@ def test_request_fields_override_flag_defaults(defaults_server):
         (["--pruning-method", "magic"], "--pruning-method: must be one of mi,"),
         (
             ["--keep-ratio", "0.5", "--keep-tokens", "4"],
-            "--keep-ratio and --keep-tokens are exclusive",
+            "--keep-tokens: give either keep_ratio or keep_tokens, not both",
         ),
         (["--mi-tau", "abc"], "--mi-tau: invalid float value"),
     ],

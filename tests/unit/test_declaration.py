@@ -71,7 +71,7 @@ def test_ranges_and_defaults_come_from_the_declaration():
 
 
 def test_server_flags_are_derived():
-    from mipruner_vllm.server.launcher import PRUNING_FLAGS, add_pruning_args
+    from mipruner_vllm.server.flags import PRUNING_FLAGS, add_pruning_args
 
     for p in PRUNING_PARAMETERS:
         assert PRUNING_FLAGS[p.flag][0] == p.name

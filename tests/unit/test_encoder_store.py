@@ -238,7 +238,7 @@ def test_store_budget_is_a_setting_and_a_server_flag(clean_settings: Any) -> Non
     from pydantic import ValidationError
 
     from mipruner_vllm.config import MiprunerSettings, get_settings
-    from mipruner_vllm.server.launcher import add_pruning_args, export_pruning_defaults
+    from mipruner_vllm.server.flags import add_pruning_args, export_pruning_defaults
 
     assert (
         MiprunerSettings().encoder_store_bytes == 1 << 30

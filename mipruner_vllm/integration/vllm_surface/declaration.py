@@ -467,6 +467,14 @@ SURFACE: tuple[VllmName, ...] = (
         "died, so a restart policy restarts it",
         "vllm.engine.protocol:EngineClient.errored",
     ),
+    _n(
+        "serve_http",
+        "attribute",
+        "sets app.state.server (the uvicorn server) before lifespan startup; the layer bounds "
+        "its config.timeout_graceful_shutdown so no request outlives the engine "
+        "(server/hooks.py)",
+        "vllm.entrypoints.launchers.launcher:serve_http",
+    ),
     # --- the media-URL policy (server/media.py), through vLLM's media connector registry ------
     _n(
         "MEDIA_CONNECTOR_REGISTRY",
