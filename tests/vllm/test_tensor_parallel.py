@@ -11,13 +11,13 @@ For each family, one engine with tensor parallel 1 and then one with tensor para
 per core, ``VLLM_CPU_OMP_THREADS_BIND``) serve the same sequence of requests: images, a
 follow-up question about a stored image (a store hit), videos and their follow-ups (Qwen
 family), and one batch of mixed requests (methods, budgets, an unpruned one, a text-only one, a
-repeated image). The engines run in float32: the sharded matmuls then sum their partial products
-in another order than the unsharded ones, which moves the embeddings by about 1e-7 relative, far
-below any gap between kept and dropped tokens of these inputs (bfloat16 rounds the all-reduce
-to 8 bits; see ``docs/deploy.md``). Compared, per request: the generated tokens, the prompt
-length (the usage: visual tokens kept), and every kept set (``selections.jsonl``, one line per
-item per rank); per encoder batch: the content keys, hits, misses and the bytes and entries the
-store holds, on each rank (``encoder.jsonl``, one line per batch per rank, told apart by pid).
+repeated image). The engines run in float32, so that the sharded and unsharded matmuls differ
+only in the order of float32 sums (in bfloat16 the all-reduce rounds the partial sums to 8 bits,
+which could move a near-tie between scores; that is not tested here). Compared, per request:
+the generated tokens, the prompt length (the usage: visual tokens kept), and every kept set
+(``selections.jsonl``, one line per item per rank); per encoder batch: the content keys, hits,
+misses and the bytes and entries the store holds, on each rank (``encoder.jsonl``, one line per
+batch per rank, told apart by pid).
 
 Marked ``parallel``: two worker processes want both cores, so CI runs these in their own step.
 """
@@ -37,8 +37,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.parallel, pytest.mark.slow]
 
 QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
 QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
-#: The families run here (tiny checkpoints). Every family's tiny checkpoint shards over 2 ranks:
-#: 4 attention heads and 2 or 4 KV heads in the LLM, 2 vision heads.
+#: The families run by default (tiny checkpoints; ``MIPRUNER_TEST_TP_ARCHS`` picks others): one
+#: Qwen (M-RoPE, video) and one LLaVA, about 4 minutes each on 2 cores. Every family's tiny
+#: checkpoint shards over 2 ranks: 4 attention heads and 2 or 4 KV heads in the LLM, 2 vision heads.
 ARCHS = os.environ.get("MIPRUNER_TEST_TP_ARCHS", "qwen2_5_vl,llava").split(",")
 SIDE = {"llava": 56, "llava_next": 56}
 ENGINE = {
