@@ -42,11 +42,10 @@ QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 #: checkpoint shards over 2 ranks: 4 attention heads and 2 or 4 KV heads in the LLM, 2 vision heads.
 ARCHS = os.environ.get("MIPRUNER_TEST_TP_ARCHS", "qwen2_5_vl,llava").split(",")
 SIDE = {"llava": 56, "llava_next": 56}
-ENGINE = {
-    "dtype": "float32",
-    "max_num_batched_tokens": 256,
-    "max_num_seqs": 8,
-}
+ENGINE = {"max_num_batched_tokens": 256, "max_num_seqs": 8}
+#: vLLM's CPU Gated DeltaNet attention (Qwen3.5's linear layers) runs in bfloat16 only
+#: ("CPU GDN attention requires BF16."); every other family runs in float32.
+BF16_ONLY = ("qwen3_5", "qwen3_5_moe")
 
 
 def image(arch: str, seed: int) -> Any:
@@ -147,6 +146,7 @@ def run_engine(engine_tools: Any, checkpoint: str, tp: int, debug_dir: Path) -> 
             settings={"encoder_store_bytes": "1000000"},
             tensor_parallel_size=tp,
             limit_mm_per_prompt=limits,
+            dtype="bfloat16" if arch in BF16_ONLY else "float32",
             **ENGINE,
         )
     finally:
