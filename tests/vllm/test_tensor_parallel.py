@@ -44,7 +44,9 @@ ARCHS = os.environ.get("MIPRUNER_TEST_TP_ARCHS", "qwen2_5_vl,llava").split(",")
 SIDE = {"llava": 56, "llava_next": 56}
 ENGINE = {"max_num_batched_tokens": 256, "max_num_seqs": 8}
 #: vLLM's CPU Gated DeltaNet attention (Qwen3.5's linear layers) runs in bfloat16 only
-#: ("CPU GDN attention requires BF16."); every other family runs in float32.
+#: ("CPU GDN attention requires BF16."); every other family runs in float32. (The tiny Qwen3.5
+#: checkpoints still cannot run tensor parallel 2: their one linear-attention head does not split
+#: over 2 ranks, and vLLM's Gated DeltaNet projection asserts divisibility. See docs/deploy.md.)
 BF16_ONLY = ("qwen3_5", "qwen3_5_moe")
 
 
