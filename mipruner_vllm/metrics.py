@@ -5,7 +5,8 @@ Names follow Prometheus' conventions (``mipruner_`` prefix, underscores, unit su
 which are reserved for recording rules). Labels are bounded: ``model`` (the served model name the
 request used), ``method`` (one of the pruning methods), ``modality`` (``image`` / ``video``),
 ``backend`` (what ran: ``torch`` / ``triton``, ``mixed`` / ``none`` for a batch, ``none`` for an
-item that needed no scores) and ``reason`` (one of :data:`FALLBACK_REASONS`); never request ids.
+item that needed no scores), ``reason`` (one of :data:`FALLBACK_REASONS`) and ``engine`` (the
+data-parallel engine of an encoder store, as on vLLM's series); never request ids.
 
 Two kinds of process update them:
 
@@ -135,27 +136,60 @@ def record_request(model: str, outcome: RequestOutcome) -> None:
 
 # -- encoder-output store and failure isolation (worker side) ------------------------------------
 # Recorded by the first tensor-parallel rank only: every rank holds the same store and sees the
-# same hits, so counting on each rank would multiply them by the TP size.
+# same hits, so counting on each rank would multiply them by the TP size. Each data-parallel engine
+# has a store of its own, so the store series carry ``engine``: the engine's data-parallel index,
+# the value vLLM's own ``vllm:*`` series carry under the same label name (``0`` without data
+# parallelism). Dashboards sum over it; a per-engine view (is one engine's store full?) keeps it.
+
+#: The data-parallel engine this worker process serves; set by :func:`bind_engine`.
+_engine = "0"
+
+
+def bind_engine() -> str:
+    """Remember which data-parallel engine this process belongs to, and return it.
+
+    Called when an encoder store is built, which happens while vLLM builds the model inside its
+    config context (``set_current_vllm_config``); the engine core sets the config's
+    ``data_parallel_index`` before it starts its workers. Outside that context (unit tests, a
+    store built at import time) nothing changes. One worker process serves one engine.
+    """
+    global _engine
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+    except ImportError:  # the pruning core and its tests run without vLLM
+        return _engine
+    config = get_current_vllm_config_or_none()
+    if config is not None:
+        _engine = str(int(config.parallel_config.data_parallel_index))
+        # Series without a modality exist from the start (0 evictions, an empty store), as they
+        # did before they had a label: a dashboard panel on them shows data before any eviction.
+        ENCODER_STORE_EVICTIONS.labels(engine=_engine)
+        ENCODER_STORE_BYTES.labels(engine=_engine).set(0)
+    return _engine
+
 
 ENCODER_STORE_HITS = Counter(
     "mipruner_encoder_store_hits",
     "Media items whose unpruned encoder output came from the store (or from an identical item of "
     "the same encoder batch): the vision tower did not run for them.",
-    ["modality"],
+    ["engine", "modality"],
 )
 ENCODER_STORE_MISSES = Counter(
     "mipruner_encoder_store_misses",
     "Media items with a content key that the store did not hold: the vision tower ran for them.",
-    ["modality"],
+    ["engine", "modality"],
 )
 ENCODER_STORE_EVICTIONS = Counter(
     "mipruner_encoder_store_evictions",
     "Entries dropped from the encoder-output store to stay under its byte budget (LRU).",
+    ["engine"],
 )
-# "livesum": the bytes held by the live engines' stores (one tensor-parallel rank each).
+# "livesum": the bytes held by the live engine's store (one process per engine sets it: its first
+# tensor-parallel rank).
 ENCODER_STORE_BYTES = Gauge(
     "mipruner_encoder_store_bytes",
-    "Bytes of unpruned encoder outputs held in the store (one tensor-parallel rank).",
+    "Bytes of unpruned encoder outputs held in one engine's store (one tensor-parallel rank).",
+    ["engine"],
     multiprocess_mode="livesum",
 )
 #: Reasons a worker-side selection fell back to the uniform-stride rule (a bounded label set).
@@ -172,14 +206,15 @@ SELECTION_FALLBACKS = Counter(
 def observe_encoder_store(
     modality: str, hits: int, misses: int, evictions: int, nbytes: int
 ) -> None:
-    """Record what one encoder batch did to the store (worker, first TP rank)."""
+    """Record what one encoder batch did to the store (worker, first TP rank), under the
+    process's engine (:func:`bind_engine`)."""
     if hits:
-        ENCODER_STORE_HITS.labels(modality=modality).inc(hits)
+        ENCODER_STORE_HITS.labels(engine=_engine, modality=modality).inc(hits)
     if misses:
-        ENCODER_STORE_MISSES.labels(modality=modality).inc(misses)
+        ENCODER_STORE_MISSES.labels(engine=_engine, modality=modality).inc(misses)
     if evictions:
-        ENCODER_STORE_EVICTIONS.inc(evictions)
-    ENCODER_STORE_BYTES.set(nbytes)
+        ENCODER_STORE_EVICTIONS.labels(engine=_engine).inc(evictions)
+    ENCODER_STORE_BYTES.labels(engine=_engine).set(nbytes)
 
 
 def observe_fallback(reason: str) -> None:

@@ -21,6 +21,8 @@ Rules that keep it exact and safe:
   store never competes with the KV cache that vLLM's memory profile sized. ``device`` storage is
   an option for hosts with spare accelerator memory.
 * ``capacity_bytes = 0`` disables it. An item larger than the whole budget is not stored.
+* Each data-parallel engine has its own store; building one tells the metrics which engine this
+  process serves (:func:`mipruner_vllm.metrics.bind_engine`), so each store is counted apart.
 
 This module needs torch only (no vLLM), so its unit tests run without an engine.
 """
@@ -32,6 +34,8 @@ from collections import OrderedDict
 from typing import Any, Literal, TypeVar
 
 import torch
+
+from mipruner_vllm.metrics import bind_engine
 
 StoreDevice = Literal["cpu", "device"]
 T = TypeVar("T")
@@ -92,6 +96,8 @@ class EncoderStore:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self.capacity_bytes = int(capacity_bytes)
         self.storage = storage
+        #: The data-parallel engine whose metrics this store's batches move ("0" outside vLLM).
+        self.engine = bind_engine()
         # key -> (stored item, bytes, tag, the device each tensor field came from)
         self._entries: OrderedDict[bytes, tuple[Any, int, Any, dict[str, torch.device]]] = (
             OrderedDict()

@@ -156,11 +156,11 @@ def test_tower_calls_never_exceed_the_limit() -> None:
 
 def test_follow_up_hits_the_store_and_selects_for_its_own_question() -> None:
     model = _Tower(store_bytes=1 << 20, limit=0)
-    hits = _counter(ENCODER_STORE_HITS, modality="image")
+    hits = _counter(ENCODER_STORE_HITS, engine="0", modality="image")
     first = model.embed_multimodal(**_batch([1], [16], [[3, 4]]))
     follow_up = model.embed_multimodal(**_batch([1], [16], [[20, 21, 22]]))
     assert model.calls == [[1]]  # the tower ran for the first question only
-    assert _counter(ENCODER_STORE_HITS, modality="image") == hits + 1
+    assert _counter(ENCODER_STORE_HITS, engine="0", modality="image") == hits + 1
     # The follow-up equals what a fresh model (empty store) gives for the same request.
     fresh = _Tower(store_bytes=0, limit=0).embed_multimodal(**_batch([1], [16], [[20, 21, 22]]))
     assert torch.equal(follow_up[0], fresh[0])
@@ -181,10 +181,10 @@ def test_same_content_in_one_batch_runs_the_tower_once_with_two_selections() -> 
 def test_eviction_under_a_tiny_budget() -> None:
     one = item_nbytes(EncodedItem("image", _embeds(0, 16), HIDDEN))
     model = _Tower(store_bytes=2 * one, limit=0)
-    evictions = _counter(ENCODER_STORE_EVICTIONS)
+    evictions = _counter(ENCODER_STORE_EVICTIONS, engine="0")
     for seed in (1, 2, 3):
         model.embed_multimodal(**_batch([seed], [16], [[1]]))
-    assert _counter(ENCODER_STORE_EVICTIONS) == evictions + 1
+    assert _counter(ENCODER_STORE_EVICTIONS, engine="0") == evictions + 1
     model.embed_multimodal(**_batch([1], [16], [[2]]))  # evicted: the tower runs again
     model.embed_multimodal(**_batch([3], [16], [[2]]))  # still stored
     assert model.calls == [[1], [2], [3], [1]]

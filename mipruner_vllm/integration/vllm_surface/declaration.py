@@ -663,6 +663,19 @@ SURFACE: tuple[VllmName, ...] = (
         "(every rank holds the same entries)",
         "vllm.distributed:get_tensor_model_parallel_rank",
     ),
+    _n(
+        "get_current_vllm_config_or_none",
+        "import",
+        "the config being built (data-parallel index) when a store is created: each "
+        "engine's store metrics carry its engine label",
+        "vllm.config:get_current_vllm_config_or_none",
+    ),
+    _n(
+        "ParallelConfig.data_parallel_index",
+        "attribute",
+        "the data-parallel engine a worker serves (the engine label of the store metrics)",
+        "vllm.config.parallel:ParallelConfig.data_parallel_index",
+    ),
     # --- the model families (one block per mipruner_vllm.families record) ---
     # family qwen2_vl
     _n(
