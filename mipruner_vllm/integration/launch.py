@@ -187,8 +187,8 @@ def check_armed(vllm_config: Any, arch: str) -> bool:
             return True
         raise LaunchConfigurationError(
             f"{arch} on vLLM's V1 CPU runner needs the plugin's worker class to keep M-RoPE "
-            "positions of pruned "
-            f"tokens: pass worker_cls={CPU_WORKER_CLS!r} (CLI: --worker-cls {CPU_WORKER_CLS}); "
+            f"positions of pruned tokens: pass worker_cls={CPU_WORKER_CLS!r} "
+            f"(CLI: --worker-cls {CPU_WORKER_CLS}); "
             "see mipruner_vllm.integration.launch.engine_overrides()"
         )
     if vllm_config.model_config.get_multimodal_config().is_multimodal_pruning_enabled():
@@ -206,7 +206,8 @@ def disable_stock_video_pruning(model: Any) -> None:
     """Switch the stock model's EVS off: our arming rate would otherwise prune videos twice.
 
     Stock Qwen2/2.5/3-VL run EVS on videos when ``video_pruning_rate > 0``, which is exactly
-    how the GPU runner is armed; the MIPruner models select every item themselves.
+    how every runner but the V1 CPU one is armed; the MIPruner models select every item
+    themselves.
     """
     model.is_multimodal_pruning_enabled = False
 
