@@ -129,9 +129,17 @@ def watch_supervisor() -> None:
     """
     supervisor = os.getppid()
 
+    def remove_if_orphaned() -> None:
+        if os.getppid() != supervisor:
+            _remove_own_directories()
+
+    # The parent-death SIGTERM can end this process (vLLM's handler, then interpreter exit)
+    # before the watch below polls again: the exit path removes the directories too.
+    atexit.register(remove_if_orphaned)
+
     def watch() -> None:
         while os.getppid() == supervisor:
-            time.sleep(0.5)
+            time.sleep(0.1)
         _remove_own_directories()
         signal.alarm(int(ORPHAN_GRACE_S) + 1)
         time.sleep(ORPHAN_GRACE_S)

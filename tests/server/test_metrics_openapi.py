@@ -122,7 +122,15 @@ def test_metric_names_and_labels_are_bounded(server):
     assert "mipruner_visual_tokens_total" in names and "mipruner_keep_ratio_bucket" in names
     for name, labels in samples:
         if name.startswith("mipruner_"):
-            assert set(dict(labels)) <= {"model", "method", "modality", "backend", "le"}, (
+            # engine: the data-parallel index of the store metrics, bounded by the server's flag
+            assert set(dict(labels)) <= {
+                "model",
+                "method",
+                "modality",
+                "backend",
+                "engine",
+                "le",
+            }, (
                 name,
                 labels,
             )

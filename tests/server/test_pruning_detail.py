@@ -104,7 +104,9 @@ def test_indices_reproduce_select_tokens_on_the_same_inputs(server, demo_model_d
 
     from PIL import Image
 
-    checkpoint = demo_model_dir("qwen2_5_vl")
+    from mipruner_vllm.server.launcher import DEMO_ARCH, DEMO_SIZE
+
+    checkpoint = demo_model_dir(DEMO_ARCH, DEMO_SIZE)  # what the default server serves
     processor = transformers.AutoProcessor.from_pretrained(checkpoint)
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint).eval()
     url = image_data_url(14)
