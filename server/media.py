@@ -301,6 +301,20 @@ def _refusal(url: str, media_io: Any, reason: str) -> MediaRefused:
     return MediaRefused(f"Invalid request field '{where}': {reason}", parameter=where)
 
 
+@contextlib.contextmanager
+def _refusing_client_failures(url: str, media_io: Any) -> Iterator[None]:
+    """Raise a failure that is the client's doing, in loading ``url``, as a :class:`MediaRefused`;
+    let the server's own failures (and refusals already made) through unchanged."""
+    try:
+        yield
+    except MediaRefused:
+        raise
+    except Exception as exc:
+        if (reason := _client_reason(exc)) is None:
+            raise
+        raise _refusal(url, media_io, reason) from exc
+
+
 @MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR_NAME)
 class GuardedMediaConnector(MediaConnector):
     """vLLM's media connector with the URL policy, a whole-fetch deadline, and every failure that
@@ -334,30 +348,18 @@ class GuardedMediaConnector(MediaConnector):
             check_host(spec.host, resolve=False)  # names: the resolver checks what is connected to
 
     def load_from_url(self, url: str, media_io: Any, *, fetch_timeout: int | None = None) -> Any:
-        try:
+        with _refusing_client_failures(url, media_io):
             self._check_url(url)
             return super().load_from_url(
                 url, _CheckedMediaIO(media_io), fetch_timeout=fetch_timeout
             )
-        except MediaRefused:
-            raise
-        except Exception as exc:
-            if (reason := _client_reason(exc)) is None:
-                raise
-            raise _refusal(url, media_io, reason) from exc
 
     async def load_from_url_async(
         self, url: str, media_io: Any, *, fetch_timeout: int | None = None
     ) -> Any:
-        try:
+        with _refusing_client_failures(url, media_io):
             self._check_url(url)
             return await self._load_within_deadline(url, _CheckedMediaIO(media_io), fetch_timeout)
-        except MediaRefused:
-            raise
-        except Exception as exc:
-            if (reason := _client_reason(exc)) is None:
-                raise
-            raise _refusal(url, media_io, reason) from exc
 
     async def _load_within_deadline(
         self, url: str, media_io: Any, fetch_timeout: int | None
