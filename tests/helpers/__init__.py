@@ -6,5 +6,6 @@ way tests share code here besides fixtures: no test edits ``sys.path``.
 
 * :mod:`.server`: start, wait for and stop real ``mipruner-vllm serve`` processes;
 * :mod:`.kernels`: inputs and comparisons of the kernel parity tests;
-* :mod:`.float64_reference`: independent float64 implementations of the selection equations.
+* :mod:`.float64_reference`: independent float64 implementations of the selection equations;
+* :mod:`.k8s`: strict schema validation of the Kubernetes manifests.
 """

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.k8s import validate_manifest
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "mipruner.json"
 K8S = ROOT / "deploy" / "k8s"
-K8S_VERSION = "1.33"
 
 
 def _exprs() -> list[str]:
@@ -167,29 +167,13 @@ def _documents(paths) -> list[dict]:
     return [doc for path in paths for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
 
 
-def _validate(doc: dict) -> None:
-    """Strict schema validation: unknown fields are errors. Custom resources of the Prometheus
-    operator are checked with its generated models (unknown keys rejected by a round trip)."""
-    if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-        from cloudcoil.models.prometheus_operator import v1
-
-        model = getattr(v1, doc["kind"]).model_validate(doc)
-        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, (
-            f"unknown fields in {doc['kind']}"
-        )
-        return
-    import kubernetes_validate
-
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-
-
 BASE_FILES = sorted(p for p in (K8S / "base").glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 @pytest.mark.parametrize("path", BASE_FILES, ids=lambda p: p.name)
 def test_k8s_base_manifest_validates(path):
     for doc in _documents([path]):
-        _validate(doc)
+        validate_manifest(doc)
 
 
 def test_k8s_base_lists_every_manifest():
@@ -238,7 +222,7 @@ def test_k8s_kustomize_renders_and_validates(variant):
         "PersistentVolumeClaim",
     }
     for doc in docs:
-        _validate(doc)
+        validate_manifest(doc)
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     (service,) = [d for d in docs if d["kind"] == "Service"]
     (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]

@@ -17,27 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.k8s import validate_manifest
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "affinity"
 HEADER = "x-mipruner-affinity"
-K8S_VERSION = "1.33"
-
-
-def _validate(doc: dict) -> None:
-    if doc["apiVersion"].startswith("networking.istio.io/"):
-        from cloudcoil.models.istio.networking import v1
-
-        model = getattr(v1, doc["kind"]).model_validate(doc)
-        assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc, (
-            f"unknown fields in {doc['kind']}"
-        )
-        return
-    import kubernetes_validate
-
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 MANIFESTS = sorted(p for p in OVERLAY.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -47,7 +33,7 @@ MANIFESTS = sorted(p for p in OVERLAY.glob("*.yaml") if p.name != "kustomization
 def test_affinity_manifest_validates(path):
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and path.name != "deployment-replicas.yaml":  # a patch, validated once rendered
-            _validate(doc)
+            validate_manifest(doc)
 
 
 def _rendered() -> list[dict]:
@@ -67,7 +53,7 @@ def test_affinity_overlay_renders_validates_and_routes_to_the_service():
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # the base's PodMonitor, checked by test_deploy.py
-        _validate(doc)
+        validate_manifest(doc)
     by_kind = {d["kind"]: d for d in docs}
     service, deployment = by_kind["Service"], by_kind["Deployment"]
     assert deployment["spec"]["replicas"] > 1
