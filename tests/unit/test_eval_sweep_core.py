@@ -137,8 +137,13 @@ def _client(handler):
     )
 
 
-def _run(tmp_path, handler, n=6, **kw):
-    items = load_items(write_demo_dataset(tmp_path / "d", n_items=n))
+def _run(tmp_path, handler, n=6, *, items=None, setting=None, **kw):
+    """One JSONL run against ``handler``: of ``items`` (else ``n`` demo items) at ``setting``
+    (else keep_ratio 0.5), with the defaults below overridden by ``kw``."""
+    if items is None:
+        items = load_items(write_demo_dataset(tmp_path / "d", n_items=n))
+    if setting is None:
+        setting = Setting({"keep_ratio": 0.5})
     options = dict(
         dataset="items.jsonl",
         run_dir=tmp_path / "run",
@@ -150,7 +155,7 @@ def _run(tmp_path, handler, n=6, **kw):
         progress=False,
     )
     options.update(kw)
-    return run_jsonl_setting(_client(handler), "m", items, Setting({"keep_ratio": 0.5}), **options)
+    return run_jsonl_setting(_client(handler), "m", items, setting, **options)
 
 
 def test_a_run_is_scored_from_its_answers(tmp_path):
@@ -374,20 +379,7 @@ def test_random_settings_send_a_per_item_seed_derived_from_seed_and_item(tmp_pat
         )
 
     items = load_items(write_demo_dataset(tmp_path / "d", n_items=4))
-    row = run_jsonl_setting(
-        _client(handler),
-        "m",
-        items,
-        Setting(fields),
-        dataset="items.jsonl",
-        run_dir=tmp_path / "run",
-        root_url="http://127.0.0.1:9",
-        max_tokens=4,
-        concurrency=1,
-        match="exact",
-        allow_failed=0.0,
-        progress=False,
-    )
+    row = _run(tmp_path, handler, items=items, setting=Setting(fields), concurrency=1)
     assert row.status == "ok"
     assert sent == [item_fields(fields, item.id)["pruning_seed"] for item in items]
     assert json.loads(row.fields) == fields  # the row names the setting, not the derived seeds
