@@ -127,6 +127,22 @@ def _chunks(text: str, usage: dict | None) -> str:
     return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
 
 
+def _usage(prompt_tokens: int, visual: int | None = None, kept: int | None = None) -> dict:
+    """The usage of a one-token answer; with the pruning fields where ``visual`` is given."""
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1}
+    usage["total_tokens"] = prompt_tokens + 1
+    if visual is not None:
+        usage |= {"visual_tokens": visual, "visual_tokens_kept": kept}
+    return usage
+
+
+def _streamed(answer: str, usage: dict) -> httpx.Response:
+    """A 200 streamed chat completion of ``answer`` whose final chunk carries ``usage``."""
+    return httpx.Response(
+        200, text=_chunks(answer, usage), headers={"content-type": "text/event-stream"}
+    )
+
+
 def _client(handler):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(
@@ -166,16 +182,7 @@ def test_a_run_is_scored_from_its_answers(tmp_path):
         assert body["keep_ratio"] == 0.5 and body["temperature"] == 0.0
         question = body["messages"][0]["content"]
         assert [p["type"] for p in question] == ["image_url", "text"]
-        usage = {
-            "prompt_tokens": 30,
-            "completion_tokens": 1,
-            "total_tokens": 31,
-            "visual_tokens": 16,
-            "visual_tokens_kept": 8,
-        }
-        return httpx.Response(
-            200, text=_chunks("Red.", usage), headers={"content-type": "text/event-stream"}
-        )
+        return _streamed("Red.", _usage(30, visual=16, kept=8))
 
     row = _run(tmp_path, handler)
     assert (row.status, row.items, row.requests_failed) == ("ok", 6, 0)
@@ -226,16 +233,7 @@ def test_partial_failures_fail_unless_allowed(tmp_path):
             return httpx.Response(
                 500, json={"error": {"message": "boom", "type": "InternalServerError", "code": 500}}
             )
-        usage = {
-            "prompt_tokens": 3,
-            "completion_tokens": 1,
-            "total_tokens": 4,
-            "visual_tokens": 4,
-            "visual_tokens_kept": 2,
-        }
-        return httpx.Response(
-            200, text=_chunks("x", usage), headers={"content-type": "text/event-stream"}
-        )
+        return _streamed("x", _usage(3, visual=4, kept=2))
 
     assert _run(tmp_path, handler, concurrency=1).status == "failed"
     calls["n"] = 0
@@ -245,10 +243,7 @@ def test_partial_failures_fail_unless_allowed(tmp_path):
 
 def test_an_endpoint_without_pruning_usage_fails_the_setting(tmp_path):
     def handler(request):
-        usage = {"prompt_tokens": 30, "completion_tokens": 1, "total_tokens": 31}
-        return httpx.Response(
-            200, text=_chunks("red", usage), headers={"content-type": "text/event-stream"}
-        )
+        return _streamed("red", _usage(30))
 
     row = _run(tmp_path, handler)
     assert row.status == "failed" and row.accuracy is None
@@ -372,11 +367,7 @@ def test_random_settings_send_a_per_item_seed_derived_from_seed_and_item(tmp_pat
         if request.url.path.endswith("/metrics"):
             return httpx.Response(404)
         sent.append(json.loads(request.content)["pruning_seed"])
-        usage = {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}
-        usage |= {"visual_tokens": 16, "visual_tokens_kept": 4}
-        return httpx.Response(
-            200, text=_chunks("red", usage), headers={"content-type": "text/event-stream"}
-        )
+        return _streamed("red", _usage(9, visual=16, kept=4))
 
     items = load_items(write_demo_dataset(tmp_path / "d", n_items=4))
     row = _run(tmp_path, handler, items=items, setting=Setting(fields), concurrency=1)
