@@ -180,54 +180,24 @@ def test_media_io_kwargs_are_refused_by_default(http):
 # -- 4. client media uuids -------------------------------------------------------------------------
 
 
+def _uuid_body(image_url: dict | None, uuid: str | None, question: str) -> dict:
+    """A chat body of one user message: an image part carrying ``uuid``, then ``question``."""
+    part = {"type": "image_url", "image_url": image_url, "uuid": uuid}
+    content = [part, {"type": "text", "text": question}]
+    return chat_body(messages=[{"role": "user", "content": content}])
+
+
 def test_client_media_uuid_is_refused_saying_why(http):
-    with_image = chat_body(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": image_data_url(seed=3)},
-                        "uuid": "tenant-a-image",
-                    },
-                    {"type": "text", "text": "What is this?"},
-                ],
-            }
-        ]
-    )
+    image = {"url": image_data_url(seed=3)}
+    with_image = _uuid_body(image, "tenant-a-image", "What is this?")
     error = _assert_400(
         http.post("/v1/chat/completions", json=with_image), "messages[0].content[0].uuid"
     )
     assert "another client" in error["message"] and "--trust-media-uuids" in error["message"]
-    uuid_only = chat_body(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": None, "uuid": "tenant-a-image"},
-                    {"type": "text", "text": "And this?"},
-                ],
-            }
-        ]
-    )
+    uuid_only = _uuid_body(None, "tenant-a-image", "And this?")
     _assert_400(http.post("/v1/chat/completions", json=uuid_only), "messages[0].content[0].uuid")
     # A null uuid is no uuid: served (the server hashes the pixels).
-    plain = chat_body(
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": image_data_url(seed=3)},
-                        "uuid": None,
-                    },
-                    {"type": "text", "text": "What is this?"},
-                ],
-            }
-        ]
-    )
+    plain = _uuid_body(image, None, "What is this?")
     assert http.post("/v1/chat/completions", json=plain).status_code == 200
 
 
