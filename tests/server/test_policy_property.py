@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -249,13 +250,28 @@ def _allowed_body(out, route, policy_settings, enabled):
                 assert obj.get("uuid") is None, obj
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    body=bodies,
-    route=st.sampled_from(ROUTES),
-    policy_settings=server_settings,
-    enabled=st.booleans(),
-)
+def _policy_property(body_strategy: st.SearchStrategy, max_examples: int) -> Callable:
+    """The policy property's Hypothesis settings and inputs: bodies from ``body_strategy`` on
+    every route, under any server settings, with pruning on or off."""
+
+    def decorate(test: Callable) -> Callable:
+        return settings(
+            max_examples=max_examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        )(
+            given(
+                body=body_strategy,
+                route=st.sampled_from(ROUTES),
+                policy_settings=server_settings,
+                enabled=st.booleans(),
+            )(test)
+        )
+
+    return decorate
+
+
+@_policy_property(bodies, max_examples=600)
 def test_every_body_is_refused_naming_a_field_or_reaches_vllm_allow_listed(
     body, route, policy_settings, enabled
 ):
@@ -346,13 +362,7 @@ chat_bodies = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    body=chat_bodies,
-    route=st.sampled_from(ROUTES),
-    policy_settings=server_settings,
-    enabled=st.booleans(),
-)
+@_policy_property(chat_bodies, max_examples=300)
 def test_chat_shaped_bodies_follow_the_same_property(body, route, policy_settings, enabled):
     # Mostly well-formed chat bodies, so that content parts (media, uuids, nested kwargs) are
     # often accepted and their acceptance checked, not only refused.
