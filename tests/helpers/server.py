@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -164,6 +165,21 @@ def image_messages(question: str = "What is in this picture?", seed: int = 0) ->
             ],
         }
     ]
+
+
+def streamed_chat_chunks(client: Any, messages: list[dict], **extra_body: Any) -> list:
+    """Every chunk of a streamed, greedy, three-token chat completion through the ``openai``
+    ``client`` that asks for the usage in its final chunk; ``extra_body`` carries our fields."""
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=3,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra_body,
+    )
+    return list(stream)
 
 
 def chat_body(**fields) -> dict:

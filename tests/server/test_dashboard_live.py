@@ -16,7 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import MODEL, N_VISUAL, free_port, image_messages, scrape, total
+from helpers.server import (
+    MODEL,
+    N_VISUAL,
+    free_port,
+    image_messages,
+    scrape,
+    streamed_chat_chunks,
+    total,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -121,16 +129,7 @@ def send_mixed_traffic(client, wave: int) -> None:
     for i, unpruned in enumerate(({"keep_ratio": 1.0}, {"pruning_method": "none"})):
         usage = _chat(client, image_messages(seed=seed + 10 + i), **unpruned)
         assert usage.visual_tokens_kept == N_VISUAL, unpruned
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=image_messages(seed=seed + 20),
-        max_tokens=3,
-        temperature=0.0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"keep_ratio": 0.25},
-    )
-    chunks = list(stream)
+    chunks = streamed_chat_chunks(client, image_messages(seed=seed + 20), keep_ratio=0.25)
     assert chunks[-1].usage is not None and chunks[-1].usage.visual_tokens_kept == 4
     # Follow-up questions on one image: the unpruned encoder output comes from the store.
     first = image_messages("What is in this picture?", seed=seed + 30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers.server import MODEL, N_VISUAL, image_messages
+from helpers.server import MODEL, N_VISUAL, image_messages, streamed_chat_chunks
 
 from mipruner_vllm.params import n_keep
 
@@ -78,16 +78,7 @@ def test_text_only_chat_reports_zero_visual_tokens(client):
 
 
 def test_streaming_final_usage_chunk(client, unpruned_prompt_tokens):
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=image_messages(),
-        max_tokens=3,
-        temperature=0.0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"keep_ratio": 0.25},
-    )
-    chunks = list(stream)
+    chunks = streamed_chat_chunks(client, image_messages(), keep_ratio=0.25)
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1]
     usage = usage_chunks[0].usage
