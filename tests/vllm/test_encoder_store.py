@@ -136,18 +136,26 @@ def tokenizer(checkpoint: str) -> Any:
     return AutoTokenizer.from_pretrained(checkpoint)
 
 
+def _plugin_llm(engine_tools: Any, checkpoint: str, debug_dir: Any, **settings: str) -> Any:
+    """A plugin engine of this module's shape (``ENGINE``) writing its records to ``debug_dir``,
+    with ``settings`` (the store and tower budgets under test)."""
+    return engine_tools.make_llm(
+        checkpoint, plugin=True, debug_dir=debug_dir, settings=settings, **ENGINE
+    )
+
+
 @pytest.fixture(scope="module")
 def reference(
     checkpoint: str, tokenizer: Any, engine_tools: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict:
     """Outputs of a fresh plugin engine with no store and unbounded tower calls."""
     debug_dir = tmp_path_factory.mktemp("reference")
-    llm = engine_tools.make_llm(
+    llm = _plugin_llm(
+        engine_tools,
         checkpoint,
-        plugin=True,
-        debug_dir=debug_dir,
-        settings={"encoder_store_bytes": "0", "encoder_tower_tokens": "100000"},
-        **ENGINE,
+        debug_dir,
+        encoder_store_bytes="0",
+        encoder_tower_tokens="100000",
     )
     try:
         e = Engine(llm, tokenizer, debug_dir)
@@ -171,13 +179,7 @@ def e(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:
     debug_dir = tmp_path_factory.mktemp("store")
-    llm = engine_tools.make_llm(
-        checkpoint,
-        plugin=True,
-        debug_dir=debug_dir,
-        settings={"encoder_store_bytes": str(STORE_BYTES)},
-        **ENGINE,
-    )
+    llm = _plugin_llm(engine_tools, checkpoint, debug_dir, encoder_store_bytes=str(STORE_BYTES))
     try:
         yield Engine(llm, tokenizer, debug_dir)
     finally:
