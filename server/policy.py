@@ -377,6 +377,55 @@ def _check_structure(body: Any, settings: MiprunerSettings) -> None:
                 raise RequestRefused(where, UUID_REFUSED)
 
 
+def _take_top_level_fields(
+    body: dict[str, Any], generate: bool
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Pop the top-level pruning fields of ``body``: (given values, field -> where given).
+    Refuses them on routes that do not generate, and any key that reads as one (look-alikes)."""
+    given: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key in list(body):
+        if key in REQUEST_FIELDS:
+            origin[key] = key
+            value = body.pop(key)
+            if not generate:
+                raise RequestRefused(
+                    key,
+                    "top-level pruning fields are accepted on "
+                    + ", ".join(GENERATE_PATHS)
+                    + "; on this route put them in mm_processor_kwargs",
+                )
+            if value is not None:  # null = "use the server default", as in the OpenAI API
+                given[key] = value
+        elif (message := _lookalike(key)) is not None:
+            raise RequestRefused(key, message)
+    return given, origin
+
+
+def _take_processor_kwargs(
+    client_kwargs: Any, given: dict[str, Any], origin: dict[str, str]
+) -> None:
+    """Add the client's ``mm_processor_kwargs`` to ``given`` / ``origin``: allow-listed keys
+    only, none given twice."""
+    if not isinstance(client_kwargs, dict):
+        raise RequestRefused(
+            "mm_processor_kwargs",
+            "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS),
+        )
+    for key, value in client_kwargs.items():
+        param = f"mm_processor_kwargs.{key}"
+        if key not in REQUEST_FIELDS:
+            raise RequestRefused(
+                param,
+                "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS),
+            )
+        if key in origin:
+            raise RequestRefused(param, "given both at the top level and in mm_processor_kwargs")
+        origin[key] = param
+        if value is not None:
+            given[key] = value
+
+
 def apply_policy(
     body: Any, *, route: str, settings: MiprunerSettings, pruning_enabled: bool
 ) -> Decision:
@@ -394,45 +443,11 @@ def apply_policy(
     media = media_paths(body, settings.max_json_depth)
     body = dict(body)
     generate = route in GENERATE_PATHS
-    given: dict[str, Any] = {}
-    origin: dict[str, str] = {}  # request field -> where the client put it (errors name that)
-    for key in list(body):
-        if key in REQUEST_FIELDS:
-            origin[key] = key
-            value = body.pop(key)
-            if not generate:
-                raise RequestRefused(
-                    key,
-                    "top-level pruning fields are accepted on "
-                    + ", ".join(GENERATE_PATHS)
-                    + "; on this route put them in mm_processor_kwargs",
-                )
-            if value is not None:  # null = "use the server default", as in the OpenAI API
-                given[key] = value
-        elif (message := _lookalike(key)) is not None:
-            raise RequestRefused(key, message)
-
+    # origin: request field -> where the client put it (errors name that)
+    given, origin = _take_top_level_fields(body, generate)
     client_kwargs = body.pop("mm_processor_kwargs", None)
     if client_kwargs is not None:
-        if not isinstance(client_kwargs, dict):
-            raise RequestRefused(
-                "mm_processor_kwargs",
-                "must be an object whose keys are among: " + ", ".join(REQUEST_FIELDS),
-            )
-        for key, value in client_kwargs.items():
-            param = f"mm_processor_kwargs.{key}"
-            if key not in REQUEST_FIELDS:
-                raise RequestRefused(
-                    param,
-                    "not an allowed processor argument; allowed: " + ", ".join(REQUEST_FIELDS),
-                )
-            if key in origin:
-                raise RequestRefused(
-                    param, "given both at the top level and in mm_processor_kwargs"
-                )
-            origin[key] = param
-            if value is not None:
-                given[key] = value
+        _take_processor_kwargs(client_kwargs, given, origin)
     try:
         params = params_from_request(given, settings=settings)
     except PruningParameterError as exc:
