@@ -80,7 +80,7 @@ def _measure(server, items, kinds, work) -> dict[str, dict[str, float]]:
             dataset="held-out",
             run_dir=run_dir,
             root_url=server.base_url,
-            max_tokens=4,
+            max_tokens=task.MAX_ANSWER_TOKENS,
             concurrency=8,
             match="exact",
             allow_failed=0.0,
