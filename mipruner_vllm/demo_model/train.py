@@ -324,7 +324,9 @@ def _snapshots(
     def snapshot(step: int, seconds: float) -> None:
         if step % every:
             return
-        accuracy = evaluate(model, processor, task.HELD_OUT_SEED, min(150, recipe.eval_items))
+        accuracy = evaluate(
+            model, processor, task.HELD_OUT_SEED, min(150, recipe.eval_items), recipe.kinds
+        )
         logger.info("step %d held-out accuracy (fp32, teacher-forced): %s", step, accuracy)
         save_trained(
             model,
@@ -373,7 +375,7 @@ def train_demo_checkpoint(
     snapshot = _snapshots(model, processor, out, recipe, snapshot_every)
     _train_loop(model, batcher, recipe, started, snapshot)
     seconds = time.perf_counter() - started
-    accuracy = evaluate(model, processor, task.HELD_OUT_SEED, recipe.eval_items)
+    accuracy = evaluate(model, processor, task.HELD_OUT_SEED, recipe.eval_items, recipe.kinds)
     logger.info("held-out accuracy (fp32, teacher-forced): %s", accuracy)
     return save_trained(
         model, out, files_from=out, recipe=recipe, seconds=seconds, accuracy=accuracy
