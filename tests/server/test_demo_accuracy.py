@@ -37,21 +37,18 @@ N_ITEMS = 60
 KINDS = ("color", "shape")
 #: setting -> question kind (or "all") -> the lowest accuracy the correct server must reach.
 THRESHOLDS: dict[str, dict[str, float]] = {
-    # Measured on these 60 items (30 per kind), max_tokens=MAX_ANSWER_TOKENS, 2026-12-06:
-    # colour 0.73, 0.73, 0.63, 0.73; shape 0.57, 0.60, 0.50, 0.60 (unpruned: the same as
-    # transformers generate). With the fault: colour 0.37, 0.23, 0.40; shape 0.33, 0.27, 0.30.
-    "keep_ratio=1.0": {"color": 0.6, "shape": 0.45},
-    "keep_ratio=0.25,pruning_method=mi": {"color": 0.6, "shape": 0.45},
-    "keep_ratio=0.125,pruning_method=mi": {"color": 0.5, "shape": 0.4},
-    "keep_ratio=0.25,pruning_method=divprune": {"color": 0.6, "shape": 0.45},
+    # Set from the 150-item sweep (docs/evaluation.md, 2026-12-07: colour / shape 0.93 / 0.88
+    # unpruned, 0.91 / 0.87 with mi and divprune at 0.25) less a margin. At keep ratio 0.125
+    # (2 of 16 tokens for 3 objects) this model's answers collapse (0.03-0.17), so no threshold.
+    "keep_ratio=1.0": {"color": 0.8, "shape": 0.75},
+    "keep_ratio=0.25,pruning_method=mi": {"color": 0.8, "shape": 0.75},
+    "keep_ratio=0.25,pruning_method=divprune": {"color": 0.8, "shape": 0.75},
 }
 #: The (setting, kind) pairs the fault must bring below their thresholds.
 FAULT_CAUGHT = (
     ("keep_ratio=0.25,pruning_method=mi", "color"),
-    ("keep_ratio=0.125,pruning_method=mi", "color"),
     ("keep_ratio=0.25,pruning_method=divprune", "color"),
     ("keep_ratio=0.25,pruning_method=mi", "shape"),
-    ("keep_ratio=0.125,pruning_method=mi", "shape"),
     ("keep_ratio=0.25,pruning_method=divprune", "shape"),
 )
 #: Every kept index moves to the next visual token (mipruner_vllm.pruning.select). The other
