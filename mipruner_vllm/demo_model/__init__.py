@@ -65,7 +65,7 @@ DEMO_SIZES: tuple[str, ...] = ("tiny", "mid")
 #: The size name of the trained checkpoint (not a family size: it is shipped, not built).
 TRAINED_SIZE = "trained"
 #: SHA-256 of the shipped trained weights (``model.safetensors``), as ``demo-train`` wrote them.
-TRAINED_SHA256 = "e2e543a737f7823d6eed1f132ad793151e855a88f14059ff3fc6f0672065d579"
+TRAINED_SHA256 = "0519a21ad3b1d036351e464e3ed2bd1ce48d6e1f84290f730e8a4a5dc337ac9d"
 _TRAINED_ROOT = Path(__file__).with_name("trained")
 
 

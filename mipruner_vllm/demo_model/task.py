@@ -31,6 +31,7 @@ __all__ = [
     "GRID",
     "HELD_OUT_SEED",
     "IMAGE_SIZE",
+    "MAX_ANSWER_TOKENS",
     "QUESTION_KINDS",
     "SHAPES",
     "TRAIN_SEED",
@@ -58,6 +59,11 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("square", "circle", "triangle", "cross")
+#: The ``max_tokens`` a request needs for any answer of the task to finish: the demo tokenizer
+#: splits the longest answer, "triangle", into 5 tokens (t/ri/an/g/le), and ``<|im_end|>`` ends
+#: it. A smaller budget truncates "triangle" to "triang" and scores every triangle answer wrong
+#: (a budget of 4 did: shape accuracy 0.13 through the server against 0.57 in transformers).
+MAX_ANSWER_TOKENS = 6
 QUESTION_KINDS = ("color", "shape", "position")
 #: Seeds of the splits: the training recipe draws scenes from TRAIN_SEED; held-out sets use
 #: HELD_OUT_SEED (``mipruner-vllm demo-data --seed 1``).

@@ -42,6 +42,20 @@ def test_every_question_has_exactly_one_answer():
             assert where == ("top" if obj.row < 2 else "bottom")
 
 
+def test_every_answer_finishes_within_the_answer_token_budget():
+    # The accuracy test and the documented sweep send max_tokens=MAX_ANSWER_TOKENS: an answer
+    # cut short reads as a wrong answer (a budget of 4 cut "triangle" to "triang").
+    transformers = pytest.importorskip("transformers")
+
+    from mipruner_vllm.demo_model import trained_demo_model
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(trained_demo_model())
+    answers = {*task.COLORS, *task.SHAPES, "top", "bottom"}
+    # As generated: after the generation prompt's newline, then the end-of-turn token.
+    counts = {a: len(tokenizer("\n" + a + tokenizer.eos_token)["input_ids"]) - 1 for a in answers}
+    assert max(counts.values()) == task.MAX_ANSWER_TOKENS, counts
+
+
 def test_each_object_is_drawn_inside_its_own_cell():
     """One object per 28-px cell, i.e. per merged visual token of the demo model."""
     for index in range(20):

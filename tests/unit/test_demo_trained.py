@@ -92,9 +92,10 @@ def test_it_answers_the_held_out_task_in_transformers(trained):
     processor = transformers.AutoProcessor.from_pretrained(trained)
     record = json.loads((trained / COMPLETE_MARKER).read_text())
     accuracy = evaluate(model, processor, task.HELD_OUT_SEED, 60, kinds=record["recipe"]["kinds"])
-    # The server test's 60 items, teacher-forced: measured colour 0.73 (as served), shape 0.57
-    # (served: 0.13; docs/evaluation.md), so only colour carries a threshold.
-    assert accuracy["color"] >= 0.6, accuracy
+    # The server test's 60 items, teacher-forced (float32): measured colour 0.97, shape 0.93, the
+    # same as transformers generate (served in bfloat16: 0.97 / 0.93).
+    assert accuracy["color"] >= 0.85, accuracy
+    assert accuracy["shape"] >= 0.8, accuracy
 
 
 def test_the_recipe_batches_match_the_stock_forward_and_label_only_answers(tiny):
