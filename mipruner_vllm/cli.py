@@ -67,7 +67,9 @@ def demo_data(
 @app.command("demo-train")
 def demo_train(
     out: str = typer.Option(..., help="Output directory of the trained checkpoint."),
-    steps: int = typer.Option(2000, min=1, help="Optimizer steps."),
+    steps: int | None = typer.Option(
+        None, min=1, help="Optimizer steps (default: the recipe's, demo_model.train.TrainRecipe)."
+    ),
     seed: int = typer.Option(0, help="Seed of the initialisation order and the batches."),
 ) -> None:
     """Train the demo checkpoint on the demo task (CPU, minutes; the recipe in demo_model.train).
@@ -80,7 +82,8 @@ def demo_train(
     from mipruner_vllm.demo_model.train import TrainRecipe, train_demo_checkpoint
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    record = train_demo_checkpoint(out, TrainRecipe(steps=steps, seed=seed))
+    recipe = TrainRecipe(seed=seed) if steps is None else TrainRecipe(steps=steps, seed=seed)
+    record = train_demo_checkpoint(out, recipe)
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
