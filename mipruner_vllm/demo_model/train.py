@@ -6,7 +6,8 @@ checkpoint (:func:`~mipruner_vllm.demo_model.write_checkpoint`: the stock transf
 ``Qwen2_5_VLForConditionalGeneration``, the demo tokenizer, chat template and processor) and
 trains it on the task's questions with the ordinary next-token loss on the answer tokens (and
 the closing ``<|im_end|>``) only. No loss looks at visual tokens, word embeddings or any
-pruning score (DESIGN.md section 11).
+pruning score: on a model trained from scratch such a loss would teach it to agree with the
+pruner, and the accuracy curve would then measure that agreement, not whether pruning keeps answers.
 
 Recipe, and why:
 
