@@ -18,12 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import image_data_url
+from helpers.server import CUSTOM_DEFAULTS_ARGS, image_data_url
 
 from mipruner_vllm.params import n_keep
 
 pytestmark = pytest.mark.server
 OWN_SERVER = True  # conftest orders this module last: it replaces the shared server
+SERVER_GROUP = "custom-defaults"  # next to the server-defaults module, on the same server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -36,7 +37,7 @@ ARTIFACTS = Path(
 
 @pytest.fixture(scope="module")
 def playground(server_with):
-    return server_with("--playground", "--max-num-seqs", "8", name="playground")
+    return server_with(*CUSTOM_DEFAULTS_ARGS, name="custom-defaults")
 
 
 @pytest.fixture(scope="module")
