@@ -97,6 +97,7 @@ class PrunedPlaceholder(PromptUpdateDetails):
     method: str = "none"
     detail_token: int = 0
     grid: tuple[int, int, int] | None = None
+    detail_scores: bool = False
 
 
 def _cache_missing(
@@ -363,6 +364,7 @@ class MIPrunerProcessorMixin:
             method=params.applied_method,
             detail_token=token,
             grid=self._mipruner_item_grid(modality, item, n_visual) if token else None,
+            detail_scores=bool(token and params.pruning_detail_scores),
         )
 
     def _maybe_apply_prompt_updates(self, mm_items: Any, mm_res: Any) -> Any:
@@ -384,6 +386,7 @@ class MIPrunerProcessorMixin:
                                 method,
                                 detail_token=content.detail_token,
                                 grid=content.grid,
+                                detail_scores=content.detail_scores,
                             )
         return result
 
