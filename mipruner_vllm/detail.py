@@ -22,6 +22,10 @@ keyed by a secret the API server chose:
    wrote late, or of offline ``LLM`` use where no API server reads them, are removed by
    :func:`sweep` (older than :data:`STALE_SECONDS`), which both sides run now and then.
 
+A request that also asks ``pruning_detail_scores`` gets, per item, the score its method ranked
+the tokens by (:mod:`mipruner_vllm.pruning.scores`), written by the worker in the same file and
+counted toward the same response bound (:data:`MAX_RESPONSE_INDICES`).
+
 Any API-server process and any data-parallel engine on the host use the same directory
 (``MIPRUNER_DETAIL_DIR``, default ``/dev/shm/mipruner-detail-<uid>``: memory, not disk). A
 request that does not ask for the detail never touches it.

@@ -35,7 +35,8 @@ mixins below wrap a stock vLLM processor so that, per request:
    (:mod:`mipruner_vllm.detail`): in the spec, in the item's hash (so no cache serves the item
    without the worker selecting it) and in the params vector's ``pruning_detail`` slot; the
    token and the item's token grid (:meth:`MIPrunerProcessorMixin._mipruner_item_grid`) are
-   recorded with the item's outcome.
+   recorded with the item's outcome, and so is whether it also asked ``pruning_detail_scores``
+   (which travels in its own slot of the params vector, like every parameter).
 
 Memory profiling (``get_dummy_mm_inputs``) always runs unpruned, so the encoder is profiled at
 its true peak whatever the default keep ratio is.

@@ -15,7 +15,9 @@ it does with a batch is here, as plain functions over torch tensors:
 * :class:`SelectionTimer`: the selection latency without host syncs;
 * :func:`selection_record`, :func:`append_jsonl`: the debug JSONL lines (``MIPRUNER_DEBUG_DIR``).
 * :func:`detail_record`: what the worker reports for a request that asked ``pruning_detail``
-  (:mod:`mipruner_vllm.detail`).
+  (:mod:`mipruner_vllm.detail`), with the per-token scores (:mod:`mipruner_vllm.pruning.scores`,
+  computed in :func:`select_items` from the embeddings the selection used) where it also asked
+  ``pruning_detail_scores``.
 
 Nothing here imports the metrics: the caller passes what observes a latency or counts a fallback
 (the worker passes :mod:`mipruner_vllm.metrics`' functions).
@@ -504,7 +506,8 @@ def detail_record(item: EncodedItem, request: ItemRequest, chosen: ItemSelection
     The kept indices are the selected ones among the item's prunable rows (its token grid, in the
     order the model emits it), ascending; ``None`` for an item that was not pruned (all kept).
     ``method`` is what ran: ``none`` when nothing was dropped, ``uniform_stride`` on a fallback
-    (whose reason is ``fallback``), else the requested method.
+    (whose reason is ``fallback``), else the requested method. ``scores``, only where the request
+    asked ``pruning_detail_scores``: the selection's (rounded), or why there are none.
     """
     if chosen is None:
         fixed = int(item.fixed.sum()) if item.fixed is not None else 0
