@@ -263,9 +263,13 @@ def test_scores_arrive_per_token_consistent_with_kept_and_bad_values_are_refused
         out = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
         visual = out.pooler_output[0]
         text = model.get_input_embeddings()(torch.tensor(logged["text_ids"]))
-    first = items[0]["scores"]
-    expected = cross_modal_scores(visual.float(), text.float(), tau=0.1).tolist()
-    assert all(abs(a - b) <= 1e-3 * abs(b) + 1e-3 for a, b in zip(first, expected, strict=True))
+    # The checkpoint is bf16: vLLM's vision tower and transformers' round differently (~0.005
+    # on these scores), so the check is a tolerance well under the scores' spread (~1).
+    first = torch.tensor(items[0]["scores"])
+    expected = cross_modal_scores(visual.float(), text.float(), tau=0.1)
+    difference = float((first - expected).abs().max())
+    assert difference <= 0.03, (difference, first.tolist(), expected.tolist())
+    assert float(expected.max() - expected.min()) > 10 * difference
 
     greedy = _detail(_chat(server, image_messages(seed=19), keep_tokens=4, mi_lambda=0.5, **scored))
     assert "starts from" in greedy[0]["score"] and len(greedy[0]["scores"]) == N_VISUAL
