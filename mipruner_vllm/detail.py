@@ -183,20 +183,29 @@ def item_entry(
     ``record`` is the worker's (:func:`worker_record`), or ``None`` when none was found; the
     indices are the worker's, never recomputed here. An item whose indices would pass the
     response's remaining ``budget`` gets ``"kept": null`` and ``"omitted"`` saying why.
-    ``scores``: the request asked ``pruning_detail_scores`` (:func:`_with_scores`).
+    ``scores``: the request asked ``pruning_detail_scores`` (:func:`_add_scores`).
     """
-    entry, used = _kept_entry(modality, n_visual, n_kept, grid, record, budget)
-    if not scores:
-        return entry, used
-    return _with_scores(entry, record, n_visual, budget - used, used)
+    entry: dict[str, Any] = {
+        "modality": modality,
+        "grid": list(grid) if grid is not None else None,
+        "visual_tokens": n_visual,
+        "visual_tokens_kept": n_kept,
+        "method": None,
+        "fallback": None,
+        "kept": None,
+    }
+    used = _add_kept(entry, record, n_visual, n_kept, budget)
+    if scores:
+        used += _add_scores(entry, record, n_visual, budget - used)
+    return entry, used
 
 
-def _with_scores(
-    entry: dict[str, Any], record: dict[str, Any] | None, n_visual: int, budget: int, used: int
-) -> tuple[dict[str, Any], int]:
-    """``entry`` with ``scores`` (one per visual token, row-major like ``kept``) and ``score``
-    (what they are), or ``"scores": null`` and ``scores_omitted`` saying why; they count
-    toward the response's bound like the indices (those come first)."""
+def _add_scores(
+    entry: dict[str, Any], record: dict[str, Any] | None, n_visual: int, budget: int
+) -> int:
+    """Add ``scores`` (one per visual token, row-major like ``kept``) and ``score`` (what they
+    are), or ``"scores": null`` and ``scores_omitted`` saying why, to ``entry``; returns how many
+    values of the response's bound they used (they count like the indices, which come first)."""
     reported = (record or {}).get("scores")
     values = reported.get("values") if isinstance(reported, dict) else None
     entry["score"], entry["scores"] = None, None
@@ -212,31 +221,18 @@ def _with_scores(
         )
     else:
         entry["score"], entry["scores"] = reported.get("meaning"), values
-        used += len(values)
-    return entry, used
+        return len(values)
+    return 0
 
 
-def _kept_entry(
-    modality: str,
-    n_visual: int,
-    n_kept: int,
-    grid: tuple[int, int, int] | None,
-    record: dict[str, Any] | None,
-    budget: int,
-) -> tuple[dict[str, Any], int]:
-    """:func:`item_entry` without the scores."""
-    entry: dict[str, Any] = {
-        "modality": modality,
-        "grid": list(grid) if grid is not None else None,
-        "visual_tokens": n_visual,
-        "visual_tokens_kept": n_kept,
-        "method": None,
-        "fallback": None,
-        "kept": None,
-    }
+def _add_kept(
+    entry: dict[str, Any], record: dict[str, Any] | None, n_visual: int, n_kept: int, budget: int
+) -> int:
+    """Add the worker's ``method``, ``fallback`` and ``kept`` to ``entry``, or ``omitted`` saying
+    why ``kept`` stays null; returns how many indices of the response's bound it used."""
     if record is None:
         entry["omitted"] = "not reported by the worker"
-        return entry, 0
+        return 0
     entry["method"], entry["fallback"] = record.get("method"), record.get("fallback")
     kept = record.get("kept")
     if kept is None:
@@ -246,9 +242,9 @@ def _kept_entry(
             f"the worker reported {len(kept)} of {record.get('n_visual')} tokens, "
             f"the prompt placed {n_kept} of {n_visual}"
         )
-        return entry, 0
+        return 0
     if len(kept) > budget:
         entry["omitted"] = f"over the bound of {MAX_RESPONSE_INDICES} kept indices per response"
-        return entry, 0
+        return 0
     entry["kept"] = kept
-    return entry, len(kept)
+    return len(kept)
