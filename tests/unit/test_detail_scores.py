@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mipruner_vllm import detail, resolve_params, select_tokens
-from mipruner_vllm.config import MiprunerSettings, get_settings
+from mipruner_vllm.config import MiprunerSettings
 from mipruner_vllm.errors import PruningParameterError
 from mipruner_vllm.integration.fields import decode_params, encode_params
 from mipruner_vllm.outcome import ItemOutcome, RequestOutcome
@@ -23,21 +23,13 @@ from mipruner_vllm.params import n_keep, params_from_request
 from mipruner_vllm.pruning import encoder_batch, reference
 from mipruner_vllm.pruning.scores import SCORE_DIGITS, item_scores, rounded
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("own_detail_dir")]
 
 # test_equations.py's plane: v1 = (1, 0), v2 = (0, 1), v3 = (1, 1)/sqrt(2); t1 = (1, 0),
 # t2 = (0, 1) after normalisation; tau = 1.
 V = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
 T = torch.tensor([[5.0, 0.0], [0.0, 0.5]])
 SIG = math.e / (1 + math.e)
-
-
-@pytest.fixture(autouse=True)
-def _own_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIPRUNER_DETAIL_DIR", str(tmp_path / "detail"))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def _params(**values):
