@@ -447,10 +447,11 @@ async def drive(base_url: str, duration: float, concurrency: int, seed: int, t0:
     mix = Mix(seed)
     records: list[Record] = []
     end = t0 + duration
-    # Idle connections expire well before the server's keep-alive timeout (uvicorn under vLLM:
-    # VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s), so the client never sends on a connection the server is
-    # closing at that moment (at equal timeouts that race ends a request with a ReadError).
-    limits = httpx.Limits(max_connections=concurrency * 2, keepalive_expiry=2.0)
+    # A new connection per request: a request sent on an idle keep-alive connection just as the
+    # server closes it (uvicorn under vLLM: VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) is reset, and on
+    # a loaded machine the client's and the server's clocks of "idle" drift apart by seconds, so
+    # no client expiry avoids that race. It is a client-side race, not a server fault.
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=600.0, limits=limits) as client:
 
         async def worker() -> None:
