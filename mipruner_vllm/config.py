@@ -119,6 +119,11 @@ class PruningFields(BaseModel):
         "grid, kept indices, the method that ran; docs/kept-patches.md). Such a request shares "
         "no cache entry with another.",
     )
+    pruning_detail_scores: Annotated[bool, RequestName("pruning_detail_scores")] = Field(
+        False,
+        description="Add each media item's per-token ranking scores to usage.pruning_detail "
+        "(MI-Pruner: S_cross, Eq. 19 or 21; docs/kept-patches.md); needs pruning_detail.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -310,6 +315,16 @@ class MiprunerSettings(BaseSettings, PruningFields):
     max_json_depth: int = Field(
         64, ge=8, le=512, description="Deepest nesting of a JSON request body the server accepts."
     )
+
+    @model_validator(mode="after")
+    def _scores_need_the_detail(self) -> MiprunerSettings:
+        # Otherwise every request that does not itself set pruning_detail would be refused.
+        if self.pruning_detail_scores and not self.pruning_detail:
+            raise ValueError(
+                "MIPRUNER_PRUNING_DETAIL_SCORES=true needs MIPRUNER_PRUNING_DETAIL=true "
+                "(the scores are part of usage.pruning_detail)"
+            )
+        return self
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,6 +22,10 @@ keyed by a secret the API server chose:
    wrote late, or of offline ``LLM`` use where no API server reads them, are removed by
    :func:`sweep` (older than :data:`STALE_SECONDS`), which both sides run now and then.
 
+A request that also asks ``pruning_detail_scores`` gets, per item, the score its method ranked
+the tokens by (:mod:`mipruner_vllm.pruning.scores`), written by the worker in the same file and
+counted toward the same response bound (:data:`MAX_RESPONSE_INDICES`).
+
 Any API-server process and any data-parallel engine on the host use the same directory
 (``MIPRUNER_DETAIL_DIR``, default ``/dev/shm/mipruner-detail-<uid>``: memory, not disk). A
 request that does not ask for the detail never touches it.
@@ -40,8 +44,9 @@ from typing import Any
 
 from mipruner_vllm.config import get_settings
 
-#: Most kept indices one response carries over all its items; an item past the bound gets
-#: ``"kept": null`` and ``"omitted"`` saying why (docs/kept-patches.md).
+#: Most values (kept indices and, where asked, scores) one response carries over all its items;
+#: an item past the bound gets ``"kept": null`` and ``"omitted"`` saying why, or, when only its
+#: scores do not fit, ``"scores": null`` and ``"scores_omitted"`` (docs/kept-patches.md).
 MAX_RESPONSE_INDICES = 1 << 16
 #: Detail files older than this belong to requests that ended without reading them.
 STALE_SECONDS = 120.0
@@ -147,10 +152,21 @@ def sweep_now_and_then(every: float = STALE_SECONDS / 2) -> None:
 
 
 def worker_record(
-    n_visual: int, kept: list[int] | None, method: str, fallback: str | None
+    n_visual: int,
+    kept: list[int] | None,
+    method: str,
+    fallback: str | None,
+    scores: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What the worker writes for one item: ``kept`` ``None`` means every token (not pruned)."""
-    return {"n_visual": n_visual, "kept": kept, "method": method, "fallback": fallback}
+    """What the worker writes for one item: ``kept`` ``None`` means every token (not pruned).
+
+    ``scores``, only for a request that asked ``pruning_detail_scores``: ``{"values": [...] or
+    None, "meaning": what they are, "reason": why values is None}``.
+    """
+    record = {"n_visual": n_visual, "kept": kept, "method": method, "fallback": fallback}
+    if scores is not None:
+        record["scores"] = scores
+    return record
 
 
 def item_entry(
@@ -160,12 +176,14 @@ def item_entry(
     grid: tuple[int, int, int] | None,
     record: dict[str, Any] | None,
     budget: int,
+    scores: bool = False,
 ) -> tuple[dict[str, Any], int]:
-    """One item of ``usage.pruning_detail`` and the indices it used of the response's budget.
+    """One item of ``usage.pruning_detail`` and the values it used of the response's budget.
 
     ``record`` is the worker's (:func:`worker_record`), or ``None`` when none was found; the
     indices are the worker's, never recomputed here. An item whose indices would pass the
     response's remaining ``budget`` gets ``"kept": null`` and ``"omitted"`` saying why.
+    ``scores``: the request asked ``pruning_detail_scores`` (:func:`_add_scores`).
     """
     entry: dict[str, Any] = {
         "modality": modality,
@@ -176,9 +194,45 @@ def item_entry(
         "fallback": None,
         "kept": None,
     }
+    used = _add_kept(entry, record, n_visual, n_kept, budget)
+    if scores:
+        used += _add_scores(entry, record, n_visual, budget - used)
+    return entry, used
+
+
+def _add_scores(
+    entry: dict[str, Any], record: dict[str, Any] | None, n_visual: int, budget: int
+) -> int:
+    """Add ``scores`` (one per visual token, row-major like ``kept``) and ``score`` (what they
+    are), or ``"scores": null`` and ``scores_omitted`` saying why, to ``entry``; returns how many
+    values of the response's bound they used (they count like the indices, which come first)."""
+    reported = (record or {}).get("scores")
+    values = reported.get("values") if isinstance(reported, dict) else None
+    entry["score"], entry["scores"] = None, None
+    if not isinstance(reported, dict):
+        entry["scores_omitted"] = "not reported by the worker"
+    elif values is None:
+        entry["scores_omitted"] = str(reported.get("reason") or "not reported by the worker")
+    elif len(values) != n_visual:
+        entry["scores_omitted"] = f"the worker reported {len(values)} scores for {n_visual} tokens"
+    elif len(values) > budget:
+        entry["scores_omitted"] = (
+            f"over the bound of {MAX_RESPONSE_INDICES} kept indices and scores per response"
+        )
+    else:
+        entry["score"], entry["scores"] = reported.get("meaning"), values
+        return len(values)
+    return 0
+
+
+def _add_kept(
+    entry: dict[str, Any], record: dict[str, Any] | None, n_visual: int, n_kept: int, budget: int
+) -> int:
+    """Add the worker's ``method``, ``fallback`` and ``kept`` to ``entry``, or ``omitted`` saying
+    why ``kept`` stays null; returns how many indices of the response's bound it used."""
     if record is None:
         entry["omitted"] = "not reported by the worker"
-        return entry, 0
+        return 0
     entry["method"], entry["fallback"] = record.get("method"), record.get("fallback")
     kept = record.get("kept")
     if kept is None:
@@ -188,9 +242,9 @@ def item_entry(
             f"the worker reported {len(kept)} of {record.get('n_visual')} tokens, "
             f"the prompt placed {n_kept} of {n_visual}"
         )
-        return entry, 0
+        return 0
     if len(kept) > budget:
         entry["omitted"] = f"over the bound of {MAX_RESPONSE_INDICES} kept indices per response"
-        return entry, 0
+        return 0
     entry["kept"] = kept
-    return entry, len(kept)
+    return len(kept)

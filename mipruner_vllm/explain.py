@@ -4,8 +4,10 @@
 :func:`explain` sends one image or video and a question to a running ``mipruner-vllm serve``
 (with any pruning fields), reads ``usage.pruning_detail`` and returns the model's answer, the
 detail and a picture (:func:`draw_kept`): the pruned patches dimmed, the kept ones outlined; a
-video is a strip of its temporal grid's frames. ``mipruner-vllm explain`` writes that picture as
-a PNG. Needs Pillow and httpx (both come with vLLM); no vLLM in the calling process.
+video is a strip of its temporal grid's frames. With ``scores=True`` (``--scores``) the request
+also asks ``pruning_detail_scores`` and every patch is shaded by its score instead (a heat
+overlay, :func:`heat_colour`), the kept ones still outlined. ``mipruner-vllm explain`` writes that
+picture as a PNG. Needs Pillow and httpx (both come with vLLM); no vLLM in the calling process.
 
 The overlay maps the item's token grid (t, h, w; LLM tokens after the spatial merge) evenly onto
 the picture: the model resized the media to a multiple of its patch size, so a cell covers
@@ -26,11 +28,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["Explanation", "draw_kept", "explain", "media_frames", "request_detail"]
+__all__ = ["Explanation", "draw_kept", "explain", "heat_colour", "media_frames", "request_detail"]
 
 #: Brightness of a pruned patch (1 = unchanged).
 DIM = 0.28
 OUTLINE = (255, 196, 0)
+#: Heat overlay: the colours of the lowest, middle and highest score of the item, and how much
+#: of a patch's colour the overlay replaces.
+HEAT_STOPS = ((40, 70, 220), (250, 230, 60), (220, 30, 30))
+HEAT_ALPHA = 0.55
 
 
 @dataclasses.dataclass
@@ -127,15 +133,20 @@ def media_frames(media: str | Path, frames: int = 1) -> list[Image.Image]:
 
 
 def draw_kept(
-    frames: list[Image.Image], item: dict[str, Any], *, caption: str | None = None
+    frames: list[Image.Image],
+    item: dict[str, Any],
+    *,
+    caption: str | None = None,
+    heat: bool = False,
 ) -> Image.Image:
     """Dim the pruned patches and outline the kept ones of one ``usage.pruning_detail`` item.
 
     ``frames``: the image (one) or the video's ``t`` strip frames. ``caption`` is written under
-    the picture (the answer, say). Raises ``ValueError`` for an item without a grid or indices.
+    the picture (the answer, say). ``heat``: shade every patch by its score (the item's
+    ``scores``, min-max scaled over the item: :func:`heat_colour`) instead of dimming the pruned
+    ones. Raises ``ValueError`` for an item without a grid or indices, or without scores when
+    ``heat`` is asked, with the reason the response gave.
     """
-    from PIL import Image, ImageDraw, ImageEnhance
-
     if item.get("grid") is None or item.get("kept") is None:
         raise ValueError(
             "this item has no token grid or no indices to draw: "
@@ -144,31 +155,73 @@ def draw_kept(
     t, h, w = item["grid"]
     if len(frames) != t:
         raise ValueError(f"the grid has {t} frames, got {len(frames)} pictures")
-    kept = set(item["kept"])
-    tiles = []
-    for frame_index, frame in enumerate(frames):
-        frame = frame.convert("RGB")
-        dimmed = ImageEnhance.Brightness(frame).enhance(DIM)
-        out = dimmed.copy()
-        draw = ImageDraw.Draw(out)
-        width, height = frame.size
-        for row in range(h):
-            for col in range(w):
-                if frame_index * h * w + row * w + col not in kept:
-                    continue
-                box = (
-                    col * width // w,
-                    row * height // h,
-                    (col + 1) * width // w,
-                    (row + 1) * height // h,
-                )
+    colours = None
+    if heat:
+        if item.get("scores") is None:
+            raise ValueError("this item has no scores to draw: " + str(item.get("scores_omitted")))
+        colours = [heat_colour(x) for x in _scaled(item["scores"])]
+    tiles = [
+        _draw_frame(frame.convert("RGB"), (h, w), set(item["kept"]), f * h * w, colours)
+        for f, frame in enumerate(frames)
+    ]
+    return _with_caption(tiles, caption)
+
+
+def _scaled(scores: list[float]) -> list[float]:
+    """Scores min-max scaled to [0, 1] over the item (all 0.5 when they are all equal)."""
+    low, high = min(scores), max(scores)
+    if high <= low:
+        return [0.5] * len(scores)
+    return [(x - low) / (high - low) for x in scores]
+
+
+def heat_colour(x: float) -> tuple[int, int, int]:
+    """The overlay colour of a scaled score ``x`` in [0, 1]: blue (low), yellow, red (high)."""
+    x = min(1.0, max(0.0, x))
+    (a, b), s = (HEAT_STOPS[:2], 2 * x) if x <= 0.5 else (HEAT_STOPS[1:], 2 * x - 1)
+    return tuple(round(p + (q - p) * s) for p, q in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+def _draw_frame(
+    frame: Image.Image,
+    grid: tuple[int, int],
+    kept: set[int],
+    first: int,
+    colours: list[tuple[int, int, int]] | None,
+) -> Image.Image:
+    """One frame: kept cells outlined; the others dimmed, or every cell shaded by ``colours``
+    (indexed like the item's tokens; this frame's cells start at token ``first``)."""
+    from PIL import Image, ImageDraw, ImageEnhance
+
+    h, w = grid
+    out = frame.copy() if colours is not None else ImageEnhance.Brightness(frame).enhance(DIM)
+    draw = ImageDraw.Draw(out)
+    width, height = frame.size
+    for row in range(h):
+        for col in range(w):
+            index = first + row * w + col
+            box = (col * width // w, row * height // h,
+                   (col + 1) * width // w, (row + 1) * height // h)  # fmt: skip
+            if colours is not None:
+                cell = frame.crop(box)
+                shade = Image.new("RGB", cell.size, colours[index])
+                out.paste(Image.blend(cell, shade, HEAT_ALPHA), box[:2])
+            if index not in kept:
+                continue
+            if colours is None:
                 out.paste(frame.crop(box), box[:2])
-                draw.rectangle(
-                    (box[0], box[1], box[2] - 1, box[3] - 1),
-                    outline=OUTLINE,
-                    width=max(1, width // 160),
-                )
-        tiles.append(out)
+            draw.rectangle(
+                (box[0], box[1], box[2] - 1, box[3] - 1),
+                outline=OUTLINE,
+                width=max(1, width // 160),
+            )
+    return out
+
+
+def _with_caption(tiles: list[Image.Image], caption: str | None) -> Image.Image:
+    """The frames side by side, ``caption`` written under them."""
+    from PIL import Image, ImageDraw
+
     gap = 6
     strip_w = sum(tile.width for tile in tiles) + gap * (len(tiles) - 1)
     strip_h = max(tile.height for tile in tiles)
@@ -193,9 +246,16 @@ def explain(
     model: str | None = None,
     api_key: str | None = None,
     max_tokens: int = 64,
+    scores: bool = False,
     **fields: Any,
 ) -> Explanation:
-    """Ask the server and draw what it kept (see the module docstring); for notebooks too."""
+    """Ask the server and draw what it kept (see the module docstring); for notebooks too.
+
+    ``scores``: also ask the per-token scores and shade the patches by them (an item without
+    scores, such as a ``divprune`` one, is drawn as without, its caption saying why).
+    """
+    if scores:
+        fields["pruning_detail_scores"] = True
     answer, usage = request_detail(
         base_url, media, question, model=model, api_key=api_key, max_tokens=max_tokens, **fields
     )
@@ -204,7 +264,12 @@ def explain(
     kept = f"kept {item['visual_tokens_kept']} of {item['visual_tokens']} tokens"
     method = item["method"] + (f" (fallback: {item['fallback']})" if item.get("fallback") else "")
     caption = f"Q: {question} | {kept}, method {method} | A: {answer.strip()}"
-    picture = draw_kept(media_frames(media, t), item, caption=caption)
+    heat = scores and item.get("scores") is not None
+    if heat:
+        caption += f" | heat: {item.get('score')}, blue low, red high"
+    elif scores:
+        caption += f" | no scores: {item.get('scores_omitted')}"
+    picture = draw_kept(media_frames(media, t), item, caption=caption, heat=heat)
     return Explanation(answer, item, usage, picture)
 
 
@@ -225,6 +290,12 @@ def _parser() -> Any:
     parser.add_argument("--model", default=None, help="Served model name (default: the first).")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--scores",
+        action="store_true",
+        help="Also ask each token's ranking score (pruning_detail_scores) and shade the patches "
+        "by it (blue low, red high), the kept ones still outlined.",
+    )
     fields = parser.add_argument_group("pruning fields (the request's; unset: server defaults)")
     for p in PRUNING_PARAMETERS:
         if p.kind is bool:
@@ -238,7 +309,7 @@ def main(argv: list[str]) -> int:
     """``mipruner-vllm explain``: returns the exit status (2 for a refused request)."""
     args = vars(_parser().parse_args(argv))
     media, question, out = args.pop("media"), args.pop("question"), Path(args.pop("out"))
-    options = {k: args.pop(k) for k in ("url", "model", "api_key", "max_tokens")}
+    options = {k: args.pop(k) for k in ("url", "model", "api_key", "max_tokens", "scores")}
     fields = {k: v for k, v in args.items() if v is not None}
     try:
         result = explain(
@@ -248,6 +319,7 @@ def main(argv: list[str]) -> int:
             model=options["model"],
             api_key=options["api_key"],
             max_tokens=options["max_tokens"],
+            scores=options["scores"],
             **fields,
         )
     except ValueError as exc:

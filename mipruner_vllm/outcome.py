@@ -33,6 +33,8 @@ class ItemOutcome:
     detail_token: int = 0
     #: (t, h, w) of the item's visual tokens in LLM tokens (after the spatial merge).
     grid: tuple[int, int, int] | None = None
+    #: The request also asked the per-token scores (``pruning_detail_scores``).
+    detail_scores: bool = False
 
 
 @dataclass
@@ -68,6 +70,7 @@ class RequestOutcome:
                     item.grid,
                     detail.take_item(item.detail_token) if item.detail_token else None,
                     budget,
+                    scores=item.detail_scores,
                 )
                 budget -= used
                 self._detail.append(entry)
@@ -110,8 +113,11 @@ def record_item(
     *,
     detail_token: int = 0,
     grid: tuple[int, int, int] | None = None,
+    detail_scores: bool = False,
 ) -> None:
     """Called by the processor once per media item of a request."""
     outcome = _current.get()
     if outcome is not None:
-        outcome.items.append(ItemOutcome(modality, n_visual, n_kept, method, detail_token, grid))
+        outcome.items.append(
+            ItemOutcome(modality, n_visual, n_kept, method, detail_token, grid, detail_scores)
+        )

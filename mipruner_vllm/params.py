@@ -210,6 +210,13 @@ def _resolve(given: Mapping[str, Any], settings: MiprunerSettings | None) -> Pru
         params = PruningParams(**values)
     except ValidationError as exc:
         raise _error(exc, PARAMETERS_BY_NAME) from None
+    if params.pruning_detail_scores and not params.pruning_detail:
+        # The scores travel inside usage.pruning_detail: asking for them alone would be
+        # silently ignored, so it is refused (docs/kept-patches.md).
+        raise PruningParameterError(
+            "pruning_detail_scores",
+            "must be false unless pruning_detail is true (the scores are part of the detail)",
+        )
     if params.method == "none":
         if (keep_ratio is not None and keep_ratio < 1.0) or keep_tokens is not None:
             raise PruningParameterError(

@@ -4,7 +4,9 @@
 One static page at :data:`PLAYGROUND_PATH`, served by the pruning middleware of every API-server
 process when the setting is on (404 otherwise, as any unknown path): upload an image, type a
 question, pick keep ratio, method and lambda; the page calls ``/v1/chat/completions`` of the same
-server with ``pruning_detail`` and draws the kept patches over the image next to the answer.
+server with ``pruning_detail`` and draws the kept patches over the image next to the answer
+(with "Heat map" ticked it also asks ``pruning_detail_scores`` and shades every patch by its
+score, the kept ones still outlined).
 Plain HTML and one inline script: no build step, no external asset, nothing stored. A strict
 Content-Security-Policy allows only that script (by its hash), same-origin requests and local
 images.
@@ -39,6 +41,14 @@ $("file").addEventListener("change", () => {
 $("ratio").addEventListener("input", () => { $("ratio-value").textContent = $("ratio").value; });
 $("lambda").addEventListener("input", () => { $("lambda-value").textContent = $("lambda").value; });
 
+// Blue (low), yellow, red (high), as mipruner-vllm explain --scores draws them.
+const STOPS = [[40, 70, 220], [250, 230, 60], [220, 30, 30]];
+function heatColour(x) {
+  const [a, b, s] = x <= 0.5 ? [STOPS[0], STOPS[1], 2 * x] : [STOPS[1], STOPS[2], 2 * x - 1];
+  const c = a.map((p, i) => Math.round(p + (b[i] - p) * s));
+  return "rgba(" + c.join(", ") + ", 0.55)";
+}
+
 function draw(item) {
   const canvas = $("overlay");
   const img = picture.img;
@@ -48,9 +58,13 @@ function draw(item) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
   canvas.dataset.keptCells = "0";
+  canvas.dataset.heatCells = "0";
   if (!item) return;
   const [t, h, w] = item.grid;
   const kept = new Set(item.kept.filter((i) => i < h * w));
+  const scores = item.scores ? item.scores.slice(0, h * w) : null;
+  const low = scores ? Math.min(...scores) : 0, high = scores ? Math.max(...scores) : 0;
+  let shaded = 0;
   ctx.fillStyle = "rgba(0, 0, 0, 0.72)";
   ctx.strokeStyle = "#ffc400";
   ctx.lineWidth = 2;
@@ -59,13 +73,20 @@ function draw(item) {
     for (let c = 0; c < w; c++) {
       const x0 = Math.floor(c * canvas.width / w), x1 = Math.floor((c + 1) * canvas.width / w);
       const y0 = Math.floor(r * canvas.height / h), y1 = Math.floor((r + 1) * canvas.height / h);
+      if (scores) {
+        const x = high > low ? (scores[r * w + c] - low) / (high - low) : 0.5;
+        ctx.fillStyle = heatColour(x);
+        ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
+        shaded++;
+      }
       if (kept.has(r * w + c)) {
         ctx.strokeRect(x0 + 1, y0 + 1, x1 - x0 - 2, y1 - y0 - 2);
         drawn++;
-      } else ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
+      } else if (!scores) ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
     }
   }
   canvas.dataset.keptCells = String(drawn);
+  canvas.dataset.heatCells = String(shaded);
 }
 
 async function model(headers) {
@@ -91,6 +112,7 @@ $("form").addEventListener("submit", async (event) => {
     keep_ratio: Number($("ratio").value), pruning_method: $("method").value,
     mi_lambda: Number($("lambda").value), pruning_detail: true,
   };
+  if ($("heat").checked) body.pruning_detail_scores = true;
   const response = await fetch("/v1/chat/completions", {
     method: "POST", headers, body: JSON.stringify(body) });
   const payload = await response.json();
@@ -105,6 +127,9 @@ $("form").addEventListener("submit", async (event) => {
   $("kept-count").textContent = String(item.visual_tokens_kept);
   $("total-count").textContent = String(item.visual_tokens);
   $("ran").textContent = item.method + (item.fallback ? " (fallback: " + item.fallback + ")" : "");
+  $("scores").textContent = !$("heat").checked ? "" : item.scores
+    ? "Heat map: " + item.score + "; blue low, red high."
+    : "No heat map: " + item.scores_omitted;
   $("status").textContent = "Done.";
 });
 """
@@ -141,6 +166,9 @@ ones kept.</p>
 <label for="lambda">Lambda</label>
 <span><input id="lambda" type="range" min="0" max="1" step="0.05" value="1">
 <output id="lambda-value">1</output></span>
+<label for="heat">Heat map</label>
+<span><input id="heat" type="checkbox"> shade the patches by their score (pruning_detail_scores)
+</span>
 <label for="model">Model</label><input id="model" type="text" placeholder="the first served">
 <label for="key">API key</label>
 <input id="key" type="password" placeholder="if the server needs one">
@@ -148,9 +176,9 @@ ones kept.</p>
 </form>
 <p id="status" role="status"></p>
 <div id="result">
-<canvas id="overlay" width="0" height="0" data-kept-cells="0"></canvas>
+<canvas id="overlay" width="0" height="0" data-kept-cells="0" data-heat-cells="0"></canvas>
 <div><p>Kept <b id="kept-count">-</b> of <b id="total-count">-</b> visual tokens; method
-<b id="ran">-</b>.</p><p id="answer"></p></div>
+<b id="ran">-</b>.</p><p id="scores"></p><p id="answer"></p></div>
 </div>
 <script>{_SCRIPT}</script>
 </body></html>

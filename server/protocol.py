@@ -36,6 +36,14 @@ class ItemDetail(BaseModel):
         description="Kept token indices, ascending, row-major in grid; null when omitted."
     )
     omitted: str | None = Field(None, description="Why kept is null.")
+    scores: list[float] | None = Field(
+        None,
+        description="Only with pruning_detail_scores: the score the method ranks each visual "
+        "token by, one per token in kept's row-major order (4 significant digits); null when "
+        "omitted or the method has none.",
+    )
+    score: str | None = Field(None, description="What the scores are (with the equation).")
+    scores_omitted: str | None = Field(None, description="Why scores is null.")
 
 
 class PruningUsage(BaseModel):

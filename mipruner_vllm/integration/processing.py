@@ -35,7 +35,8 @@ mixins below wrap a stock vLLM processor so that, per request:
    (:mod:`mipruner_vllm.detail`): in the spec, in the item's hash (so no cache serves the item
    without the worker selecting it) and in the params vector's ``pruning_detail`` slot; the
    token and the item's token grid (:meth:`MIPrunerProcessorMixin._mipruner_item_grid`) are
-   recorded with the item's outcome.
+   recorded with the item's outcome, and so is whether it also asked ``pruning_detail_scores``
+   (which travels in its own slot of the params vector, like every parameter).
 
 Memory profiling (``get_dummy_mm_inputs``) always runs unpruned, so the encoder is profiled at
 its true peak whatever the default keep ratio is.
@@ -97,6 +98,7 @@ class PrunedPlaceholder(PromptUpdateDetails):
     method: str = "none"
     detail_token: int = 0
     grid: tuple[int, int, int] | None = None
+    detail_scores: bool = False
 
 
 def _cache_missing(
@@ -363,6 +365,7 @@ class MIPrunerProcessorMixin:
             method=params.applied_method,
             detail_token=token,
             grid=self._mipruner_item_grid(modality, item, n_visual) if token else None,
+            detail_scores=bool(token and params.pruning_detail_scores),
         )
 
     def _maybe_apply_prompt_updates(self, mm_items: Any, mm_res: Any) -> Any:
@@ -384,6 +387,7 @@ class MIPrunerProcessorMixin:
                                 method,
                                 detail_token=content.detail_token,
                                 grid=content.grid,
+                                detail_scores=content.detail_scores,
                             )
         return result
 

@@ -15,7 +15,9 @@ it does with a batch is here, as plain functions over torch tensors:
 * :class:`SelectionTimer`: the selection latency without host syncs;
 * :func:`selection_record`, :func:`append_jsonl`: the debug JSONL lines (``MIPRUNER_DEBUG_DIR``).
 * :func:`detail_record`: what the worker reports for a request that asked ``pruning_detail``
-  (:mod:`mipruner_vllm.detail`).
+  (:mod:`mipruner_vllm.detail`), with the per-token scores (:mod:`mipruner_vllm.pruning.scores`,
+  computed in :func:`select_items` from the embeddings the selection used) where it also asked
+  ``pruning_detail_scores``.
 
 Nothing here imports the metrics: the caller passes what observes a latency or counts a fallback
 (the worker passes :mod:`mipruner_vllm.metrics`' functions).
@@ -38,6 +40,7 @@ from mipruner_vllm.detail import worker_record
 from mipruner_vllm.params import PruningParams, request_fields
 from mipruner_vllm.pruning.dispatch import RanOn, Selection
 from mipruner_vllm.pruning.reference import uniform_stride
+from mipruner_vllm.pruning.scores import TokenScores, item_scores, rounded
 from mipruner_vllm.pruning.select import select_batch
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,9 @@ class ItemSelection:
     n_visual: int  # selectable (scored) rows
     backend: RanOn  # what ran: "triton", "torch" or "none"
     fallback: str | None  # the fallback reason, or None when the method ran
+    #: The ranking scores of the selectable rows, for a request that asked
+    #: ``pruning_detail_scores`` only (None: not asked).
+    scores: TokenScores | None = None
 
 
 # -- the batch plan ----------------------------------------------------------------------------
@@ -395,12 +401,39 @@ def select_items(
         [items[k].frames for k in todo], visuals, texts, params, on_fallback
     )
     timer.stop(started, selection.label, list(selection.backends))  # what ran, per item
+    scored = [
+        _asked_scores(items[k].frames, v, t, r, reason)  # type: ignore[arg-type]
+        for k, v, t, r, reason in zip(todo, visuals, texts, wanted, reasons, strict=True)
+    ]
     return {
-        k: ItemSelection(kept_rows(items[k], r, sel), sel, int(v.shape[0]), backend, reason)
-        for k, r, v, sel, backend, reason in zip(
-            todo, rows, visuals, selection.indices, selection.backends, reasons, strict=True
+        k: ItemSelection(
+            kept_rows(items[k], r, sel), sel, int(v.shape[0]), backend, reason, scores
         )
-    }
+        for k, r, v, sel, backend, reason, scores in zip(
+            todo, rows, visuals, selection.indices, selection.backends, reasons, scored,
+            strict=True,
+        )
+    }  # fmt: skip
+
+
+def _asked_scores(
+    frames: int,
+    visual: torch.Tensor,
+    text: torch.Tensor,
+    request: ItemRequest,
+    fallback: str | None,
+) -> TokenScores | None:
+    """The scores of an item whose request asked ``pruning_detail_scores`` (else ``None``),
+    from the very embeddings its selection used. Never raises: the engine must go on."""
+    if not (request.detail_token and request.params.pruning_detail_scores):
+        return None
+    if fallback is not None:
+        return TokenScores(None, reason=f"{fallback}: the uniform-stride fallback ran, no scores")
+    try:
+        return item_scores(frames, visual, text, request.params)
+    except Exception as exc:  # a score is a report, never a reason to fail the batch
+        logger.warning("mipruner: scores of a media item failed: %s: %s", type(exc).__name__, exc)
+        return TokenScores(None, reason=f"selection_error: {type(exc).__name__}")
 
 
 class SelectionTimer:
@@ -459,17 +492,27 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+#: The scores of an item that was not pruned: no ranking ran.
+_NOT_PRUNED = {
+    "values": None,
+    "meaning": None,
+    "reason": "nothing was dropped (keep ratio 1 or method none): no ranking ran",
+}
+
+
 def detail_record(item: EncodedItem, request: ItemRequest, chosen: ItemSelection | None) -> dict:
     """What the worker reports for an item whose request asked ``pruning_detail``.
 
     The kept indices are the selected ones among the item's prunable rows (its token grid, in the
     order the model emits it), ascending; ``None`` for an item that was not pruned (all kept).
     ``method`` is what ran: ``none`` when nothing was dropped, ``uniform_stride`` on a fallback
-    (whose reason is ``fallback``), else the requested method.
+    (whose reason is ``fallback``), else the requested method. ``scores``, only where the request
+    asked ``pruning_detail_scores``: the selection's (rounded), or why there are none.
     """
     if chosen is None:
         fixed = int(item.fixed.sum()) if item.fixed is not None else 0
-        return worker_record(int(item.embeds.shape[0]) - fixed, None, "none", None)
+        unscored = _NOT_PRUNED if request.params.pruning_detail_scores else None
+        return worker_record(int(item.embeds.shape[0]) - fixed, None, "none", None, unscored)
     if chosen.fallback is not None:
         method = "uniform_stride"
     elif chosen.selected.numel() >= chosen.n_visual:
@@ -477,7 +520,15 @@ def detail_record(item: EncodedItem, request: ItemRequest, chosen: ItemSelection
     else:
         method = request.params.method
     kept = chosen.selected.tolist()
-    return worker_record(chosen.n_visual, kept, method, chosen.fallback)
+    return worker_record(chosen.n_visual, kept, method, chosen.fallback, _reported(chosen.scores))
+
+
+def _reported(scores: TokenScores | None) -> dict[str, Any] | None:
+    """The worker record's ``scores`` part (:func:`~mipruner_vllm.detail.worker_record`)."""
+    if scores is None:
+        return None
+    values = rounded(scores.values) if scores.values is not None else None
+    return {"values": values, "meaning": scores.meaning, "reason": scores.reason}
 
 
 def selection_record(item: EncodedItem, request: ItemRequest, chosen: ItemSelection) -> dict:

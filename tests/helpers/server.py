@@ -25,6 +25,14 @@ MODEL = "mipruner-demo"
 #: A 112x112 image is 8x8 patches of 14 px, merged 2x2: 16 visual tokens on the tiny Qwen2.5-VL.
 IMAGE_SIZE = (112, 112)
 N_VISUAL = 16
+#: Flags of the server every module shares (tests/server/conftest.py), on the embedded default.
+SHARED_SERVER_ARGS: tuple[str, ...] = ("--max-num-seqs", "32")
+#: Flags of the one server with custom defaults and the playground on, which the server-defaults
+#: and playground-browser modules share (one engine start for both).
+CUSTOM_DEFAULTS_ARGS: tuple[str, ...] = (
+    "--keep-ratio", "0.5", "--pruning-method", "similarity", "--mi-tau", "0.2",
+    "--playground", "--max-num-seqs", "8",
+)  # fmt: skip
 START_TIMEOUT_S = float(os.environ.get("MIPRUNER_TEST_SERVER_TIMEOUT", "420"))
 
 

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import Server, start_server, stop_server
-
-DEFAULT_ARGS: tuple[str, ...] = ("--max-num-seqs", "32")
+from helpers.server import SHARED_SERVER_ARGS, Server, start_server, stop_server
 
 
 class _Pool:
@@ -62,7 +60,7 @@ def server_with(_pool):
 @pytest.fixture()
 def server(_pool):
     """``mipruner-vllm serve`` on its embedded default (the tiny Qwen2.5-VL demo checkpoint)."""
-    return _pool.get(DEFAULT_ARGS, "default")
+    return _pool.get(SHARED_SERVER_ARGS, "default")
 
 
 @pytest.fixture()
@@ -77,7 +75,17 @@ def http(server):
         yield c
 
 
+def _server_order(item) -> tuple[int, str]:
+    module = getattr(item, "module", None)
+    own = getattr(module, "OWN_SERVER", False)
+    rank = 0 if own is False else 1 if own == "shared-first" else 2
+    return rank, getattr(module, "SERVER_GROUP", "")
+
+
 def pytest_collection_modifyitems(items):
     # Modules with their own server (OWN_SERVER = True) run after everything that uses the shared
-    # one (a stable sort keeps the order within each group).
-    items.sort(key=lambda item: bool(getattr(getattr(item, "module", None), "OWN_SERVER", False)))
+    # one; a module that starts on the shared server and then replaces it (OWN_SERVER =
+    # "shared-first") runs first among them, while the shared one still runs; modules that share
+    # one custom server (the same SERVER_GROUP and flags) run next to each other, so it starts once.
+    # A stable sort keeps the order within each group.
+    items.sort(key=_server_order)

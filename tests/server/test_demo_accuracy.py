@@ -20,7 +20,7 @@ import json
 from collections import defaultdict
 
 import pytest
-from helpers.server import start_server, stop_server
+from helpers.server import SHARED_SERVER_ARGS, start_server, stop_server
 
 from mipruner_vllm.demo_model import task
 from mipruner_vllm.evaluation.data import load_items
@@ -30,7 +30,7 @@ from mipruner_vllm.pruning.select import TEST_ONLY_FAULT_ENV
 pytestmark = pytest.mark.server
 
 # Its own second server (the faulty one): run after the modules that share the default server.
-OWN_SERVER = True
+OWN_SERVER = "shared-first"  # the unpruned/pruned half reuses the shared default server
 
 N_ITEMS = 60
 #: The kinds the shipped model was trained on (its marker file's recipe).
@@ -58,10 +58,9 @@ FAULT_CAUGHT = (
 #: not move this model's colour answers (measured: identical accuracies), so it cannot be the
 #: proof here; docs/evaluation.md says so.
 FAULT = "shifted-indices"
+
+
 #: The shared default server's arguments (tests/server/conftest.py), so the pool reuses it.
-SERVER_ARGS = ("--max-num-seqs", "32")
-
-
 def _fields(label: str) -> dict[str, object]:
     pairs = (part.split("=") for part in label.split(","))
     return {k: (float(v) if k == "keep_ratio" else v) for k, v in pairs}
@@ -111,7 +110,10 @@ def held_out(tmp_path_factory):
 def correct(server_with, held_out, tmp_path_factory):
     items, kinds = held_out
     return _measure(
-        server_with(*SERVER_ARGS, name="default"), items, kinds, tmp_path_factory.mktemp("correct")
+        server_with(*SHARED_SERVER_ARGS, name="default"),
+        items,
+        kinds,
+        tmp_path_factory.mktemp("correct"),
     )
 
 
@@ -122,7 +124,7 @@ def faulty(correct, _pool, held_out, tmp_path_factory, demo_cache_dir):
     work = tmp_path_factory.mktemp("faulty")
     server = start_server(
         work,
-        list(SERVER_ARGS),
+        list(SHARED_SERVER_ARGS),
         name="fault",
         cache_dir=demo_cache_dir,
         env_extra={TEST_ONLY_FAULT_ENV: FAULT},

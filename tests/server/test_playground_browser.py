@@ -18,12 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import image_data_url
+from helpers.server import CUSTOM_DEFAULTS_ARGS, image_data_url
 
 from mipruner_vllm.params import n_keep
 
 pytestmark = pytest.mark.server
 OWN_SERVER = True  # conftest orders this module last: it replaces the shared server
+SERVER_GROUP = "custom-defaults"  # next to the server-defaults module, on the same server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -36,7 +37,7 @@ ARTIFACTS = Path(
 
 @pytest.fixture(scope="module")
 def playground(server_with):
-    return server_with("--playground", "--max-num-seqs", "8", name="playground")
+    return server_with(*CUSTOM_DEFAULTS_ARGS, name="custom-defaults")
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,35 @@ def test_a_question_round_trips_and_the_overlay_shows_the_kept_count(
     assert reported == drawn == n_keep(total, keep_ratio=0.3) < total
     assert browser.find_element(By.ID, "ran").text == "mi"
     assert (ARTIFACTS / "playground.png").stat().st_size > 0
+
+
+def test_the_heat_map_shades_every_patch_by_its_score(playground, browser, tmp_path) -> None:
+    """ "Heat map" ticked: the request asks pruning_detail_scores, every cell of the grid is
+    shaded and the kept ones are still outlined."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "picture.png"
+    image.write_bytes(base64.b64decode(image_data_url(seed=22, size=(224, 168)).split(",", 1)[1]))
+    browser.get(playground.base_url + "/playground")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(browser, 30).until(
+        lambda d: int(d.find_element(By.ID, "overlay").get_attribute("width")) > 0
+    )
+    browser.find_element(By.ID, "heat").click()
+    browser.find_element(By.ID, "ask").click()
+    WebDriverWait(browser, 400).until(
+        lambda d: (
+            d.find_element(By.ID, "status").text == "Done."
+            or d.find_element(By.ID, "status").text.startswith("Refused")
+        )
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "playground-heat.png"))
+    assert browser.find_element(By.ID, "status").text == "Done."
+    overlay = browser.find_element(By.ID, "overlay")
+    total = int(browser.find_element(By.ID, "total-count").text)
+    assert int(overlay.get_attribute("data-heat-cells")) == total == 12
+    kept = int(browser.find_element(By.ID, "kept-count").text)
+    assert int(overlay.get_attribute("data-kept-cells")) == kept == n_keep(12, keep_ratio=0.25)
+    assert "Eq. 19" in browser.find_element(By.ID, "scores").text

@@ -47,6 +47,30 @@ def _files() -> set[str]:
     return {p.name for p in detail_dir().glob("*.json")}
 
 
+def _embeddings_outside_vllm(demo_model_dir, seed: int, text_ids: list[int]) -> tuple:
+    """The projector output of ``image_data_url(seed)`` and the embeddings of the worker's query
+    token ids, rebuilt with Hugging Face transformers from the checkpoint the server serves."""
+    import base64
+    import io
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from helpers.server import image_data_url
+    from PIL import Image
+
+    from mipruner_vllm.server.launcher import DEMO_ARCH, DEMO_SIZE
+
+    checkpoint = demo_model_dir(DEMO_ARCH, DEMO_SIZE)  # what the default server serves
+    processor = transformers.AutoProcessor.from_pretrained(checkpoint)
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint).eval()
+    url = image_data_url(seed)
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    inputs = processor.image_processor(images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        return out.pooler_output[0], model.get_input_embeddings()(torch.tensor(text_ids))
+
+
 def test_no_field_no_detail_and_keep_all_lists_every_token(server) -> None:
     # The playground is off unless --playground is given (test_playground_browser.py).
     assert httpx.get(server.base_url + "/playground", timeout=30).status_code == 404
@@ -83,10 +107,6 @@ def test_pruned_indices_are_the_ones_the_worker_selected(server, fields) -> None
 def test_indices_reproduce_select_tokens_on_the_same_inputs(server, demo_model_dir) -> None:
     """The torch reference on the projector output and query embeddings, rebuilt with Hugging
     Face transformers from the served checkpoint and the worker's own query token ids."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from helpers.server import image_data_url
-
     from mipruner_vllm import select_tokens
 
     before = len(selections(server))
@@ -98,24 +118,7 @@ def test_indices_reproduce_select_tokens_on_the_same_inputs(server, demo_model_d
     )
     [item] = _detail(response)
     [logged] = _logged(server, before)
-
-    import base64
-    import io
-
-    from PIL import Image
-
-    from mipruner_vllm.server.launcher import DEMO_ARCH, DEMO_SIZE
-
-    checkpoint = demo_model_dir(DEMO_ARCH, DEMO_SIZE)  # what the default server serves
-    processor = transformers.AutoProcessor.from_pretrained(checkpoint)
-    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint).eval()
-    url = image_data_url(14)
-    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
-    inputs = processor.image_processor(images=[image], return_tensors="pt")
-    with torch.no_grad():
-        out = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-        visual = out.pooler_output[0]
-        text = model.get_input_embeddings()(torch.tensor(logged["text_ids"]))
+    visual, text = _embeddings_outside_vllm(demo_model_dir, 14, logged["text_ids"])
     expected = select_tokens(visual.float(), text.float(), keep_ratio=0.25, backend="torch")
     assert visual.shape[0] == N_VISUAL
     assert item["kept"] == expected.tolist()
@@ -211,6 +214,70 @@ def test_store_hits_and_video_report_their_detail(server) -> None:
     assert video["modality"] == "video" and t * h * w == video["visual_tokens"]
     assert len(video["kept"]) == video["visual_tokens_kept"] == n_keep(t * h * w, keep_ratio=0.25)
     assert video["kept"] == _logged(server, before)[0]["kept"]
+    assert not _files()
+
+
+def test_scores_arrive_per_token_consistent_with_kept_and_bad_values_are_refused(
+    server, demo_model_dir
+) -> None:
+    """``pruning_detail_scores``: one score per visual token, the kept set is the top-k of them
+    (mi, lambda 1; a store hit too), they are S_cross of Eq. 19 recomputed from the worker's
+    inputs rebuilt with Hugging Face transformers, methods without a score say why, and a bad
+    value (or the field without ``pruning_detail``) is a 400 naming it."""
+    import math
+
+    torch = pytest.importorskip("torch")
+
+    from mipruner_vllm.pruning.reference import cross_modal_scores
+
+    scored = {"pruning_detail": True, "pruning_detail_scores": True}
+    before = len(selections(server))
+    items = []
+    for question in ("Where is the red corner?", "Is anything blue?"):  # the second: a store hit
+        [item] = _detail(
+            _chat(server, image_messages(question, seed=18), keep_ratio=0.25, **scored)
+        )
+        scores = item["scores"]
+        assert len(scores) == item["visual_tokens"] == N_VISUAL and "scores_omitted" not in item
+        assert all(isinstance(x, float) and math.isfinite(x) for x in scores)
+        kept = set(item["kept"])
+        assert len(kept) == n_keep(N_VISUAL, keep_ratio=0.25) and item["method"] == "mi"
+        assert min(scores[i] for i in kept) >= max(
+            scores[i] for i in range(N_VISUAL) if i not in kept
+        )
+        assert "Eq. 19" in item["score"]
+        items.append(item)
+    [logged, _] = _logged(server, before)
+
+    # The first question's scores from the served checkpoint, outside vLLM.
+    visual, text = _embeddings_outside_vllm(demo_model_dir, 18, logged["text_ids"])
+    # The checkpoint is bf16: vLLM's vision tower and transformers' round differently (~0.005
+    # on these scores), so the check is a tolerance well under the scores' spread (~1).
+    first = torch.tensor(items[0]["scores"])
+    expected = cross_modal_scores(visual.float(), text.float(), tau=0.1)
+    difference = float((first - expected).abs().max())
+    assert difference <= 0.03, (difference, first.tolist(), expected.tolist())
+    assert float(expected.max() - expected.min()) > 10 * difference
+
+    greedy = _detail(_chat(server, image_messages(seed=19), keep_tokens=4, mi_lambda=0.5, **scored))
+    assert "starts from" in greedy[0]["score"] and len(greedy[0]["scores"]) == N_VISUAL
+    [divprune] = _detail(
+        _chat(server, image_messages(seed=19), keep_tokens=4, pruning_method="divprune", **scored)
+    )
+    assert divprune["scores"] is None and "divprune" in divprune["scores_omitted"]
+    assert len(divprune["kept"]) == 4
+    [plain] = _detail(_chat(server, image_messages(seed=19), keep_tokens=4, pruning_detail=True))
+    assert not {"scores", "score", "scores_omitted"} & set(plain)
+
+    for bad in (
+        {"pruning_detail_scores": True},  # without pruning_detail
+        {"pruning_detail": True, "pruning_detail_scores": "yes"},
+        {"pruning_detail": True, "pruning_detail_scores": 1},
+        {"mm_processor_kwargs": {"pruning_detail": True, "pruning_detail_scores": "yes"}},
+    ):
+        response = _chat(server, image_messages(seed=20), timeout=60, **bad)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"]["param"].endswith("pruning_detail_scores"), bad
     assert not _files()
 
 

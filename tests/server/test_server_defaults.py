@@ -7,19 +7,26 @@ import subprocess
 
 import httpx
 import pytest
-from helpers.server import MODEL, N_VISUAL, chat_body, sample, scrape, serve_command
+from helpers.server import (
+    CUSTOM_DEFAULTS_ARGS,
+    MODEL,
+    N_VISUAL,
+    chat_body,
+    sample,
+    scrape,
+    serve_command,
+)
 
 from mipruner_vllm.params import n_keep
 
 pytestmark = pytest.mark.server
 OWN_SERVER = True  # conftest orders this module last: it replaces the shared server
-
-FLAGS = ("--keep-ratio", "0.5", "--pruning-method", "similarity", "--mi-tau", "0.2")
+SERVER_GROUP = "custom-defaults"  # next to the playground module, on the same server
 
 
 @pytest.fixture()
 def defaults_server(server_with):
-    return server_with(*FLAGS, name="defaults")
+    return server_with(*CUSTOM_DEFAULTS_ARGS, name="custom-defaults")
 
 
 def test_flag_defaults_apply_to_requests_without_fields(defaults_server):

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from mipruner_vllm.explain import DIM, draw_kept
+from mipruner_vllm.explain import DIM, HEAT_ALPHA, HEAT_STOPS, _parser, draw_kept, heat_colour
 from mipruner_vllm.server import playground
 
 pytestmark = pytest.mark.unit
@@ -51,6 +51,40 @@ def test_items_without_grid_or_indices_are_refused_with_the_reason() -> None:
         draw_kept([_white(8, 8)], {"grid": [1, 1, 1], "kept": None, "omitted": "over the bound"})
     with pytest.raises(ValueError, match="2 frames, got 1"):
         draw_kept([_white(8, 8)], {"grid": [2, 1, 1], "kept": [0]})
+
+
+def test_heat_overlay_shades_every_cell_by_its_score_and_outlines_the_kept_ones() -> None:
+    """--scores: cells blended with the colour of their min-max scaled score (blue low, yellow
+    middle, red high), nothing dimmed, the kept cell outlined."""
+    assert [heat_colour(x) for x in (0.0, 0.5, 1.0)] == list(HEAT_STOPS)
+    assert heat_colour(-3) == HEAT_STOPS[0] and heat_colour(7) == HEAT_STOPS[2]
+    item = {
+        "grid": [1, 1, 3],
+        "kept": [2],
+        "scores": [-4.0, 1.0, 6.0],  # scaled: 0, 0.5, 1
+        "visual_tokens": 3,
+        "visual_tokens_kept": 1,
+    }
+    picture = draw_kept([_white(90, 30)], item, heat=True)
+
+    def blended(colour):
+        return tuple(round(200 * (1 - HEAT_ALPHA) + c * HEAT_ALPHA) for c in colour)
+
+    for cell, colour in enumerate(HEAT_STOPS):
+        centre = picture.getpixel((15 + 30 * cell, 15))
+        assert all(abs(a - b) <= 1 for a, b in zip(centre, blended(colour), strict=True)), cell
+    assert picture.getpixel((60, 15)) == (255, 196, 0)  # the kept cell's outline
+    assert picture.getpixel((30, 15)) != (255, 196, 0)  # a pruned cell has none
+    plain = draw_kept([_white(90, 30)], item)  # without heat: as before, scores ignored
+    assert all(abs(c - 200 * DIM) <= 1 for c in plain.getpixel((15, 15)))
+    with pytest.raises(ValueError, match="ranks by no score"):
+        draw_kept(
+            [_white(8, 8)],
+            {"grid": [1, 1, 1], "kept": [0], "scores": None, "scores_omitted": "ranks by no score"},
+            heat=True,
+        )
+    args = vars(_parser().parse_args(["x.png", "-q", "why?", "--scores"]))
+    assert args["scores"] is True and "pruning_detail_scores" not in args
 
 
 def test_playground_page_is_self_contained_and_its_policy_allows_only_its_script() -> None:

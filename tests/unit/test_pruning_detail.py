@@ -16,21 +16,12 @@ import pytest
 import torch
 
 from mipruner_vllm import detail, resolve_params
-from mipruner_vllm.config import get_settings
 from mipruner_vllm.integration.fields import decode_params, detail_token, encode_params
 from mipruner_vllm.outcome import ItemOutcome, RequestOutcome, collect, record_item
 from mipruner_vllm.pruning import encoder_batch
 from mipruner_vllm.server.usage import UsageRewriter, usage_fields
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def _own_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIPRUNER_DETAIL_DIR", str(tmp_path / "detail"))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("own_detail_dir")]
 
 
 def test_the_params_vector_carries_the_token_and_decodes_to_a_boolean() -> None:

@@ -258,7 +258,9 @@ def test_client_uuids_are_never_store_keys(procs: tuple[Any, Any]) -> None:
 # -- the token grid of usage.pruning_detail (issue 21) -----------------------------------------
 
 
-def _detail_items(proc: Any, content: list[dict[str, Any]], data: dict[str, Any]) -> list[Any]:
+def _detail_items(
+    proc: Any, content: list[dict[str, Any]], data: dict[str, Any], **extra: Any
+) -> list[Any]:
     """The outcome items of one request that asks ``pruning_detail`` (keep ratio 0.5)."""
     from mipruner_vllm.outcome import collect
 
@@ -270,7 +272,7 @@ def _detail_items(proc: Any, content: list[dict[str, Any]], data: dict[str, Any]
         proc(
             prompt,
             proc.info.parse_mm_data(data),
-            hf_processor_mm_kwargs={"keep_ratio": 0.5, "pruning_detail": True},
+            hf_processor_mm_kwargs={"keep_ratio": 0.5, "pruning_detail": True, **extra},
         )
     return outcome.items
 
@@ -299,6 +301,10 @@ def test_detail_grid_spans_the_items_visual_tokens(procs: tuple[Any, Any]) -> No
         (item,) = _detail_items(plugin, content, {"video": decoded_video(3, 4, side)})
         media.append(("video", item))
         assert item.grid is not None and item.grid[0] > 1, item  # several temporal tokens
+        assert not item.detail_scores
+        video = {"video": decoded_video(3, 4, side)}
+        (scored,) = _detail_items(plugin, content, video, pruning_detail_scores=True)
+        assert scored.detail_scores and scored.grid == item.grid
     assert len(media) == len(images) + int(family.video)
     assert len({item.detail_token for _, item in media}) == len(media) and all(
         item.detail_token for _, item in media

@@ -77,6 +77,7 @@ class MIPrunerQwen3VLMultiModalProcessor(QwenProcessorMixin, Qwen3VLMultiModalPr
             method=params.applied_method,
             detail_token=token,
             grid=self._mipruner_item_grid("video", item, n_visual) if token else None,
+            detail_scores=bool(token and params.pruning_detail_scores),
         )
 
 
