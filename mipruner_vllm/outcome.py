@@ -40,6 +40,9 @@ class ItemOutcome:
 @dataclass
 class RequestOutcome:
     items: list[ItemOutcome] = field(default_factory=list)
+    #: The request asked ``pruning_detail`` (set by the caller that knows the request): it then
+    #: gets a list, empty when the request has no media item.
+    detail_asked: bool = False
     _detail: list[dict[str, Any]] | None = None
 
     @property
@@ -49,10 +52,11 @@ class RequestOutcome:
     def pruning_detail(self) -> list[dict[str, Any]] | None:
         """``usage.pruning_detail``: per item in prompt order, what the worker kept.
 
-        ``None`` when the request did not ask. Read once (the worker's files are deleted as
-        they are read) and kept on this object only for the rest of the response.
+        ``None`` when the request did not ask; ``[]`` when it asked and has no media item. Read
+        once (the worker's files are deleted as they are read) and kept on this object only for
+        the rest of the response.
         """
-        if not self.detail_tokens:
+        if not self.detail_asked and not self.detail_tokens:
             return None
         if self._detail is None:
             detail.sweep()

@@ -239,6 +239,7 @@ class PruningMiddleware:
                 return await self.app(scope, replay, send)
         hooks.ensure_outcome_context(app)
         with collect() as outcome, request_media(decision.media):
+            outcome.detail_asked = bool(decision.params and decision.params.pruning_detail)
             try:
                 status, rewriter, delivered = await self._run_with_usage(
                     scope, replay, send, outcome

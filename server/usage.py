@@ -28,13 +28,15 @@ RESPONSES_FINAL_EVENTS = ("response.completed", "response.incomplete")
 
 def usage_fields(outcome: RequestOutcome, final: bool = True) -> dict[str, Any]:
     """The fields this layer adds to ``usage`` (see :class:`.protocol.PruningUsage`); the
-    pruning detail only to the ``final`` usage of a response, and only when it was asked."""
+    pruning detail only to the ``final`` usage of a response, and only when it was asked (a
+    request without media that asked gets an empty list)."""
     fields: dict[str, Any] = {
         "visual_tokens": outcome.visual_tokens,
         "visual_tokens_kept": outcome.visual_tokens_kept,
     }
-    if final and outcome.detail_tokens:
-        fields["pruning_detail"] = outcome.pruning_detail()
+    detail = outcome.pruning_detail() if final else None
+    if detail is not None:
+        fields["pruning_detail"] = detail
     return fields
 
 

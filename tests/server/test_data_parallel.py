@@ -14,7 +14,10 @@ engines. Checked with the official client and a real ``/metrics`` scrape:
   engine's bytes gauge equals the bytes its worker logged for its own store
   (``MIPRUNER_DEBUG_DIR``/``encoder.jsonl``, one worker process per engine);
 * a follow-up question is a store hit only on the engine that holds the image: the store is per
-  engine, which is what the routing section of ``docs/deploy.md`` is about.
+  engine, which is what the routing section of ``docs/deploy.md`` is about;
+* ``pruning_detail`` (issue 21): whichever API server and engine served a request, its kept
+  indices are the ones that engine's worker logged for it, store hits included (both engines'
+  workers and both API servers share the host's detail directory).
 
 Marked ``parallel``: two engines want both cores, so CI runs this in its own step.
 """
@@ -23,10 +26,11 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import MODEL, N_VISUAL, image_messages, sample, scrape, total
+from helpers.server import MODEL, N_VISUAL, image_messages, sample, scrape, selections, total
 
 from mipruner_vllm.params import n_keep
 
@@ -53,13 +57,13 @@ def client(dp_server):
     return openai.OpenAI(base_url=dp_server.api, api_key="unused", max_retries=0, timeout=600)
 
 
-def _ask(client, seed: int, question: str, budget: dict):
+def _ask(client, seed: int, question: str, budget: dict, **extra):
     response = client.chat.completions.create(
         model=MODEL,
         messages=image_messages(question, seed=seed),
         max_tokens=2,
         temperature=0.0,
-        extra_body=budget,
+        extra_body={**budget, **extra},
     )
     return budget, response.usage
 
@@ -138,3 +142,80 @@ def test_follow_up_hits_only_the_engine_that_holds_the_image(dp_server, client):
     assert (
         httpx.post(dp_server.api + "/chat/completions", json=body, timeout=300).status_code == 200
     )
+
+
+@pytest.fixture(scope="module")
+def query_ids(demo_model_dir):
+    """The worker's query token ids of a question (the question only, no template)."""
+    from transformers import AutoTokenizer
+
+    from mipruner_vllm.server.launcher import DEMO_ARCH, DEMO_SIZE
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir(DEMO_ARCH, DEMO_SIZE))
+    return lambda question: tuple(tokenizer.encode(question, add_special_tokens=False))
+
+
+def _counted_per_process(server) -> dict[str, float]:
+    """``mipruner_visual_tokens_total`` per process, from prometheus_client's multiprocess files
+    (one per process; only the API servers count requests). The launcher made the directory and
+    put it in its children's environment."""
+    import psutil
+    from prometheus_client.mmap_dict import MmapedDict
+
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    directory = next(
+        Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        for env in (child.environ() for child in children)
+        if "PROMETHEUS_MULTIPROC_DIR" in env
+    )
+    counted: dict[str, float] = {}
+    for path in directory.glob("counter_*.db"):
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            if json.loads(key)[1] == "mipruner_visual_tokens_total":
+                pid = path.stem.removeprefix("counter_")
+                counted[pid] = counted.get(pid, 0.0) + value
+    return counted
+
+
+def test_detail_is_what_the_serving_engine_selected(dp_server, client, query_ids):
+    before = len(selections(dp_server))
+    counted_before = _counted_per_process(dp_server)
+    jobs = [(2000 + i, f"Which patch matters for question {i}?", BUDGETS[i % 3]) for i in range(12)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: _ask(client, *job, pruning_detail=True), jobs))
+    logged = {tuple(r["text_ids"]): r for r in selections(dp_server)[before:]}
+    assert len(logged) == len(jobs)  # one selection per request, each its own question
+    engines = set()
+    for (_, question, budget), (_, usage) in zip(jobs, results, strict=True):
+        [item] = usage.model_extra["pruning_detail"]
+        record = logged[query_ids(question)]
+        assert item["kept"] == record["kept"], question
+        assert len(item["kept"]) == item["visual_tokens_kept"] == n_keep(N_VISUAL, **budget)
+        engines.add(record["pid"])
+    assert len(engines) == 2, "both engines served detail requests"
+    # Both API-server processes answered some of them: each counted its requests' visual tokens.
+    counted = _counted_per_process(dp_server)
+    served = [pid for pid, value in counted.items() if value > counted_before.get(pid, 0.0)]
+    assert len(served) == 2, (counted_before, counted)
+    assert sum(counted.values()) - sum(counted_before.values()) == len(jobs) * N_VISUAL
+
+
+def test_follow_up_from_an_engines_store_reports_its_detail(dp_server, client, query_ids):
+    """One image, new questions one at a time: each engine encodes it at most once, so at
+    least two of four are store hits, and every one reports the indices its engine kept."""
+    path = dp_server.debug_dir / "encoder.jsonl"
+    hits_with_detail = 0
+    for i in range(4):
+        batches, before = len(path.read_text().splitlines()), len(selections(dp_server))
+        question = f"Stored image, question {i}?"
+        _, usage = _ask(client, 5151, question, {"keep_ratio": 0.25}, pruning_detail=True)
+        [item] = usage.model_extra["pruning_detail"]
+        [record] = selections(dp_server)[before:]
+        assert tuple(record["text_ids"]) == query_ids(question)
+        assert item["kept"] == record["kept"] and len(item["kept"]) == n_keep(
+            N_VISUAL, keep_ratio=0.25
+        )
+        [batch] = [json.loads(line) for line in path.read_text().splitlines()[batches:]]
+        assert batch["pid"] == record["pid"] and batch["hits"] + batch["misses"] == 1
+        hits_with_detail += batch["hits"]
+    assert hits_with_detail >= 2

@@ -279,3 +279,27 @@ def test_scores_arrive_per_token_consistent_with_kept_and_bad_values_are_refused
         assert response.status_code == 400, (bad, response.text)
         assert response.json()["error"]["param"].endswith("pruning_detail_scores"), bad
     assert not _files()
+
+
+def test_asked_without_media_is_an_empty_list_on_chat_and_completions(server) -> None:
+    """No media item, nothing kept: ``usage.pruning_detail`` is ``[]`` (asked, so present),
+    on both routes and in a stream's final usage chunk; not asked, no key."""
+    chat = _chat(server, [{"role": "user", "content": "Hi"}], pruning_detail=True)
+    assert _detail(chat) == []
+    assert chat.json()["usage"]["visual_tokens"] == 0
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2, "temperature": 0.0}
+    url = server.base_url + "/v1/completions"
+    completion = httpx.post(url, json={**body, "pruning_detail": True}, timeout=300)
+    assert _detail(completion) == []
+    plain = httpx.post(url, json=body, timeout=300)
+    assert plain.status_code == 200 and "pruning_detail" not in plain.json()["usage"]
+    stream = {**body, "pruning_detail": True, "stream": True}
+    stream["stream_options"] = {"include_usage": True}
+    chunks = []
+    with httpx.stream("POST", url, json=stream, timeout=300) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[len("data: ") :]))
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["pruning_detail"] == []
+    assert all("pruning_detail" not in (c.get("usage") or {}) for c in chunks[:-1])

@@ -83,6 +83,17 @@ def test_no_field_no_detail_and_no_file_access() -> None:
     assert not detail.detail_dir().exists() or not any(detail.detail_dir().iterdir())
 
 
+def test_asked_without_media_is_an_empty_list_in_the_final_usage_only() -> None:
+    outcome = RequestOutcome(detail_asked=True)
+    assert outcome.pruning_detail() == []
+    assert usage_fields(outcome) == {
+        "visual_tokens": 0,
+        "visual_tokens_kept": 0,
+        "pruning_detail": [],
+    }
+    assert "pruning_detail" not in usage_fields(outcome, final=False)
+
+
 def test_indices_are_bounded_per_response(monkeypatch) -> None:
     monkeypatch.setattr(detail, "MAX_RESPONSE_INDICES", 10)
     tokens = [detail.new_token() for _ in range(3)]

@@ -16,7 +16,10 @@ and is shut down, then one plugin engine serves every check:
 * two images in one request, and a video (Qwen family; Qwen3-VL and Qwen3.5 by their frame rule);
 * chunked prefill that splits a pruned image at another place gives the same selection and
   output (through the recurrent state for the hybrid Qwen3.5 LLM);
-* a bad parameter is rejected with a clear error and the engine keeps serving.
+* a bad parameter is rejected with a clear error and the engine keeps serving;
+* ``pruning_detail`` (issue 21): one file per media item, written by the worker, whose kept
+  indices are the worker's own selection and fill exactly the item's placeholders; a video is
+  one item (Qwen3-VL and Qwen3.5: the per-frame selections, offset by frame).
 
 Qwen3.5 (dense and MoE) is a hybrid model: vLLM raises its cache block to 64 tokens here (one
 recurrent-state page) and prefix-caches it in whole blocks, so the repeat prompts are made
@@ -27,6 +30,7 @@ The worker-side selections are observed through ``MIPRUNER_DEBUG_DIR``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +84,9 @@ class Harness:
     tokenizer: Any
     debug_dir: Path
     tools: Any = None
+    #: ``MIPRUNER_DETAIL_DIR`` of the plugin engine: its worker writes one file per item of a
+    #: request that asks ``pruning_detail`` (offline, nobody reads them but the tests).
+    detail_dir: Path | None = None
 
     def tail(self) -> Any:
         return self.tools.RecordTail(self.debug_dir)
@@ -199,11 +206,16 @@ def h(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:
     debug_dir = tmp_path_factory.mktemp(f"selections-{arch}")
+    detail_dir = tmp_path_factory.mktemp(f"detail-{arch}")
     llm = engine_tools.make_llm(
-        checkpoint, plugin=True, debug_dir=debug_dir, limit_mm_per_prompt=_limits(arch)
+        checkpoint,
+        plugin=True,
+        debug_dir=debug_dir,
+        settings={"detail_dir": str(detail_dir)},
+        limit_mm_per_prompt=_limits(arch),
     )
     try:
-        yield Harness(arch, llm, tokenizer, debug_dir, engine_tools)
+        yield Harness(arch, llm, tokenizer, debug_dir, engine_tools, detail_dir)
     finally:
         engine_tools.shutdown(llm)
 
@@ -516,3 +528,159 @@ def test_bad_parameter_is_rejected_and_engine_keeps_serving(
     ok = h.run([h.request(images=[img], keep_ratio=0.5)], max_tokens=1)[0]
     assert ok.outputs[0].token_ids
     assert math.isfinite(len(ok.prompt_token_ids))
+
+
+# -- pruning_detail (issue 21) -------------------------------------------------------------------
+
+
+def detail_files(h: Harness) -> set[str]:
+    assert h.detail_dir is not None
+    return {p.name for p in h.detail_dir.glob("*.json")}
+
+
+def run_with_detail(h: Harness, req: dict[str, Any]) -> tuple[Any, list[Any], list[dict]]:
+    """One request that asks ``pruning_detail``: its output, the processor's outcome items (the
+    processor runs in this process) and, per item, the file the worker wrote for its token."""
+    from mipruner_vllm.outcome import collect
+
+    req = {**req, "mm_processor_kwargs": {**req["mm_processor_kwargs"], "pruning_detail": True}}
+    before = detail_files(h)
+    with collect() as outcome:
+        out = h.run([req], max_tokens=1)[0]
+    items = outcome.items
+    names = [f"{item.detail_token:016x}.json" for item in items]
+    # Exactly one file per item, each the item's own token; nothing else appeared.
+    assert detail_files(h) - before == set(names) and len(set(names)) == len(items), names
+    assert h.detail_dir is not None
+    records = [json.loads((h.detail_dir / name).read_text()) for name in names]
+    return out, items, records
+
+
+def placeholder_runs(h: Harness, token_ids: list[int]) -> list[int]:
+    """Lengths of the runs of media placeholder tokens in a prompt, in order."""
+    media = h.media_token_ids()
+    runs: list[int] = []
+    previous = False
+    for token in token_ids:
+        inside = token in media
+        if inside and previous:
+            runs[-1] += 1
+        elif inside:
+            runs.append(1)
+        previous = inside
+    return runs
+
+
+def selectable_kept(selection: dict[str, Any]) -> list[int]:
+    """A debug record's kept rows as indices among the item's selectable rows (what the detail
+    reports: LLaVA-NeXT's always-kept row newlines are not counted)."""
+    fixed = set(selection["fixed"])
+    rows = [r for r in range(selection["n_visual"] + selection["n_fixed"]) if r not in fixed]
+    position = {row: i for i, row in enumerate(rows)}
+    return [position[r] for r in selection["kept"] if r not in fixed]
+
+
+def check_server_entry(item: Any, record: dict[str, Any]) -> list[int]:
+    """What the API server would put in ``usage.pruning_detail`` for the item: accepted whole."""
+    from mipruner_vllm import detail
+
+    entry, used = detail.item_entry(
+        item.modality, item.n_visual, item.n_kept, item.grid, record, detail.MAX_RESPONSE_INDICES
+    )
+    assert "omitted" not in entry and used == item.n_kept, entry
+    if item.grid is not None:
+        t, gh, gw = item.grid
+        assert t * gh * gw == item.n_visual
+    assert entry["kept"] == sorted(set(entry["kept"])) and entry["kept"][-1] < item.n_visual
+    return entry["kept"]
+
+
+def test_pruning_detail_is_the_workers_selection_per_image(h: Harness) -> None:
+    """Pruned and unpruned, one image and two: one file per item, the indices the worker kept
+    (its debug record, the same selection), filling exactly the item's placeholders."""
+    sizes = IMAGE_SIZES[h.arch]
+    img = image(sizes["square"], seed=131)
+    tail = h.tail()
+    out, [item], [record] = run_with_detail(
+        h, h.request("Where is the kite?", images=[img], keep_ratio=0.5)
+    )
+    [selection] = tail.new()
+    kept = check_server_entry(item, record)
+    assert record["kept"] == kept == selectable_kept(selection)
+    assert record["method"] == "mi" and record["fallback"] is None
+    assert record["n_visual"] == selection["n_visual"] == item.n_visual
+    assert len(kept) == item.n_kept == n_keep(item.n_visual, keep_ratio=0.5) < item.n_visual
+    n_fixed = selection["n_fixed"]
+    assert (n_fixed > 0) == (h.arch == "llava_next")
+    assert placeholder_runs(h, out.prompt_token_ids) == [len(kept) + n_fixed]
+    assert (item.grid is None) == (h.arch == "llava_next")
+
+    # keep_ratio 1: nothing selected (no debug record), every index reported, every placeholder.
+    out, [item], [record] = run_with_detail(
+        h, h.request("Where is the kite?", images=[img], keep_ratio=1.0)
+    )
+    assert not tail.new()
+    assert record["kept"] is None and record["method"] == "none"
+    assert check_server_entry(item, record) == list(range(item.n_visual))
+    assert placeholder_runs(h, out.prompt_token_ids) == [item.n_visual + n_fixed]
+
+    # Two images of two shapes in one request: two files, in prompt order, each its own.
+    imgs = [image(sizes["square"], seed=132), image(sizes["wide"], seed=133)]
+    out, items, records = run_with_detail(
+        h, h.request("Compare the two images.", images=imgs, keep_tokens=3)
+    )
+    selections = tail.new()
+    assert len(items) == len(records) == len(selections) == 2
+    for item, record, selection in zip(items, records, selections, strict=True):
+        assert check_server_entry(item, record) == selectable_kept(selection)
+        assert len(record["kept"]) == item.n_kept == 3
+    fixed = sum(s["n_fixed"] for s in selections)
+    assert sum(placeholder_runs(h, out.prompt_token_ids)) == 6 + fixed
+
+
+@pytest.mark.parametrize("arch", QWEN, indirect=True)
+def test_pruning_detail_of_a_video(h: Harness) -> None:
+    """A video is one item. Qwen2/2.5-VL select it whole over its ``t`` temporal tokens;
+    Qwen3-VL and Qwen3.5 frame by frame, and report the same per-item indices, frame
+    ``f = kept // (h * w)``: each frame's share fills that frame's placeholder run, and for the
+    random baseline the indices are exactly each frame's own draw (``seed + f``) offset by
+    ``f * h * w``, recomputed here."""
+    from mipruner_vllm.pruning.reference import select_random
+
+    vid = video(h.arch, frames=4, seed=141)
+    tail = h.tail()
+    out, [item], [record] = run_with_detail(h, h.request("What moves?", vid=vid, keep_ratio=0.5))
+    [selection] = tail.new()
+    kept = check_server_entry(item, record)
+    assert item.modality == "video" and kept == record["kept"] == selection["kept"]
+    assert record["method"] == "mi" and record["fallback"] is None
+    t, gh, gw = item.grid
+    assert t > 1 and t * gh * gw == item.n_visual == selection["n_visual"]
+    runs = placeholder_runs(h, out.prompt_token_ids)
+    if h.arch in QWEN3_VISION:
+        # One placeholder run per frame (each after its timestamp), the frame's share each.
+        assert selection["frames"] == t
+        shares = PruningParams(keep_ratio=0.5).n_keep_per_frame(t, gh * gw)
+        assert [sum(1 for i in kept if i // (gh * gw) == f) for f in range(t)] == shares
+        assert runs == shares
+    else:
+        assert selection["frames"] == 1 and runs == [len(kept)]
+        assert len(kept) == n_keep(item.n_visual, keep_ratio=0.5)
+
+    _, [item], [record] = run_with_detail(
+        h,
+        h.request("What moves?", vid=vid, keep_ratio=0.5, pruning_method="random", pruning_seed=9),
+    )
+    assert record["method"] == "random" and tail.new()
+    kept = check_server_entry(item, record)
+    if h.arch in QWEN3_VISION:
+        per_frame = gh * gw
+        shares = PruningParams(keep_ratio=0.5).n_keep_per_frame(t, per_frame)
+        expected = [
+            i + f * per_frame
+            for f, share in enumerate(shares)
+            for i in select_random(per_frame, share, 9 + f).tolist()
+        ]
+    else:
+        expected = select_random(item.n_visual, n_keep(item.n_visual, keep_ratio=0.5), 9).tolist()
+    assert kept == expected

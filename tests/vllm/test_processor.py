@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mipruner_vllm.errors import PruningParameterError
-from mipruner_vllm.families import FAMILIES
+from mipruner_vllm.families import FAMILIES, by_architecture
 
 pytestmark = [pytest.mark.vllm]
 
@@ -253,3 +253,72 @@ def test_client_uuids_are_never_store_keys(procs: tuple[Any, Any]) -> None:
         mm_uuid_items={"image": ["client-chosen-id"]},
     )
     assert _content_key(out) is None
+
+
+# -- the token grid of usage.pruning_detail (issue 21) -----------------------------------------
+
+
+def _detail_items(
+    proc: Any, content: list[dict[str, Any]], data: dict[str, Any], **extra: Any
+) -> list[Any]:
+    """The outcome items of one request that asks ``pruning_detail`` (keep ratio 0.5)."""
+    from mipruner_vllm.outcome import collect
+
+    tokenizer = proc.info.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+    with collect() as outcome:
+        proc(
+            prompt,
+            proc.info.parse_mm_data(data),
+            hf_processor_mm_kwargs={"keep_ratio": 0.5, "pruning_detail": True, **extra},
+        )
+    return outcome.items
+
+
+def test_detail_grid_spans_the_items_visual_tokens(procs: tuple[Any, Any]) -> None:
+    """Every item of a detail request has its own token, and ``t * h * w == N_V`` wherever the
+    family reports a grid: images of several shapes, and a video for the Qwen family (Qwen3-VL
+    and Qwen3.5 lay a video out frame by frame; the grid is still the whole item's)."""
+    from helpers.media import decoded_video
+    from PIL import Image
+
+    plugin, _ = procs
+    family = by_architecture(plugin.info.get_hf_config().architectures[0])
+    assert family is not None
+    rng = np.random.default_rng(5)
+    shapes = [(56, 112), (112, 56), (112, 112)]  # (height, width): wide, tall, square
+    images = [
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)) for shape in shapes
+    ]
+    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": "What is this?"}]
+    items = _detail_items(plugin, content, {"image": images})
+    media = [("image", item) for item in items]
+    if family.video:
+        side = 128 if family.key in ("qwen3_vl", "qwen3_5", "qwen3_5_moe") else 112
+        content = [{"type": "video"}, {"type": "text", "text": "What moves?"}]
+        (item,) = _detail_items(plugin, content, {"video": decoded_video(3, 4, side)})
+        media.append(("video", item))
+        assert item.grid is not None and item.grid[0] > 1, item  # several temporal tokens
+        assert not item.detail_scores
+        video = {"video": decoded_video(3, 4, side)}
+        (scored,) = _detail_items(plugin, content, video, pruning_detail_scores=True)
+        assert scored.detail_scores and scored.grid == item.grid
+    assert len(media) == len(images) + int(family.video)
+    assert len({item.detail_token for _, item in media}) == len(media) and all(
+        item.detail_token for _, item in media
+    )
+    for modality, item in media:
+        assert item.modality == modality
+        if family.key == "llava_next":
+            # Base tile plus anyres tiles: no single grid, the indices are flat.
+            assert item.grid is None, item
+            continue
+        assert item.grid is not None, (modality, item)
+        t, h, w = item.grid
+        assert t * h * w == item.n_visual, (modality, item)
+        assert min(t, h, w) >= 1
+        if family.key == "llava":
+            # CLIP at a fixed input size: one square frame whatever the picture's shape.
+            assert t == 1 and h == w

@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 from helpers.media import decoded_video
 
+from mipruner_vllm.outcome import collect
+
 pytestmark = [pytest.mark.vllm, pytest.mark.parallel, pytest.mark.slow]
 
 QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
@@ -113,6 +115,13 @@ def steps(arch: str, tokenizer: Any) -> list[tuple[str, list[dict]]]:
     if arch in QWEN:
         mixed.append(request(t, "And the clip?", [], video(arch, 8), keep_ratio=0.25))
     out.append(("mixed", mixed))
+    # Asks pruning_detail: a new question about a stored image (a store hit), and a stored video.
+    detail = [request(t, "Where is the corner?", [image(arch, 1)], keep_ratio=0.25)]
+    if arch in QWEN:
+        detail.append(request(t, "What turns?", [], video(arch, 7), keep_ratio=0.5))
+    for req in detail:
+        req["mm_processor_kwargs"]["pruning_detail"] = True
+    out.append(("detail", detail))
     return out
 
 
@@ -145,7 +154,7 @@ def run_engine(engine_tools: Any, checkpoint: str, tp: int, debug_dir: Path) -> 
             checkpoint,
             plugin=True,
             debug_dir=debug_dir,
-            settings={"encoder_store_bytes": "1000000"},
+            settings={"encoder_store_bytes": "1000000", "detail_dir": str(debug_dir / "detail")},
             tensor_parallel_size=tp,
             limit_mm_per_prompt=limits,
             dtype="bfloat16" if arch in BF16_ONLY else "float32",
@@ -159,13 +168,26 @@ def run_engine(engine_tools: Any, checkpoint: str, tp: int, debug_dir: Path) -> 
                 os.environ[k] = v
     try:
         params = SamplingParams(max_tokens=4, temperature=0.0)
-        outputs = {}
+        outputs: dict[str, list] = {}
+        items: dict[str, list] = {}
         for name, reqs in steps(arch, tokenizer):
-            outs = llm.generate(reqs, params, use_tqdm=False)
+            with collect() as outcome:  # the processor runs in this process
+                outs = llm.generate(reqs, params, use_tqdm=False)
             outputs[name] = [(list(o.outputs[0].token_ids), len(o.prompt_token_ids)) for o in outs]
+            items[name] = outcome.items
+        files = sorted(p.name for p in (debug_dir / "detail").iterdir())
     finally:
         engine_tools.shutdown(llm)
     return {
+        # The detail step's items (prompt order) with what the worker wrote for each.
+        "detail": [
+            (
+                item,
+                json.loads((debug_dir / "detail" / f"{item.detail_token:016x}.json").read_text()),
+            )
+            for item in items["detail"]
+        ],
+        "detail_files": files,
         "outputs": outputs,
         "selections": by_rank(read_jsonl(debug_dir / "selections.jsonl")),
         "encoder": by_rank(read_jsonl(debug_dir / "encoder.jsonl")),
@@ -185,9 +207,9 @@ def runs(
         tp: run_engine(engine_tools, checkpoint, tp, tmp_path_factory.mktemp(f"{arch}-tp{tp}"))
         for tp in (1, 2)
     }
-    # Items that prune: two images, two videos (Qwen), and the mixed step's pruned items (all but
-    # the unpruned image and the text-only request).
-    runs["pruned_items"] = 2 + (2 + 1 if arch in QWEN else 0) + 5
+    # Items that prune: two images, two videos (Qwen), the mixed step's pruned items (all but
+    # the unpruned image and the text-only request), and the detail step's image (and video).
+    runs["pruned_items"] = 2 + (2 + 1 if arch in QWEN else 0) + 5 + (2 if arch in QWEN else 1)
     return runs
 
 
@@ -222,3 +244,34 @@ def test_both_ranks_hold_the_same_store(runs: dict) -> None:
     assert hits == sum(b["hits"] for b in single) and hits >= 2  # the follow-ups hit the store
     assert ranks[0][-1]["store_entries"] == single[-1]["store_entries"] > 0
     assert ranks[0][-1]["store_bytes"] == single[-1]["store_bytes"]
+
+
+def test_detail_is_written_once_per_item_and_equals_tensor_parallel_1(runs: dict) -> None:
+    """``pruning_detail`` with tensor parallel 2: one file per item (only rank 0 writes; the
+    other rank selects the same), holding what tensor parallel 1 reported, store hits included."""
+    from mipruner_vllm import detail
+
+    for tp in (1, 2):
+        items = runs[tp]["detail"]
+        assert len(items) == len(runs[tp]["detail_files"]) == len(runs[tp]["outputs"]["detail"])
+        assert (
+            sorted(f"{item.detail_token:016x}.json" for item, _ in items)
+            == runs[tp]["detail_files"]
+        )
+        for item, record in items:
+            entry, _ = detail.item_entry(
+                item.modality,
+                item.n_visual,
+                item.n_kept,
+                item.grid,
+                record,
+                detail.MAX_RESPONSE_INDICES,
+            )
+            assert "omitted" not in entry and len(entry["kept"]) == item.n_kept < item.n_visual
+    assert [r for _, r in runs[2]["detail"]] == [r for _, r in runs[1]["detail"]]
+    assert [(i.modality, i.n_visual, i.n_kept, i.grid) for i, _ in runs[2]["detail"]] == [
+        (i.modality, i.n_visual, i.n_kept, i.grid) for i, _ in runs[1]["detail"]
+    ]
+    # The detail step's items were store hits on every rank (the image and video were stored).
+    last = runs[2]["encoder"]
+    assert all(batch[-1]["hits"] >= 1 for batch in last), last

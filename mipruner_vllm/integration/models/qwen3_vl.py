@@ -32,7 +32,7 @@ from vllm.model_executor.models.qwen3_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from mipruner_vllm.integration.fields import decode_params, params_field
+from mipruner_vllm.integration.fields import decode_params, detail_token, params_field
 from mipruner_vllm.integration.models.common import EncodedItem
 from mipruner_vllm.integration.models.qwen2_vl import QwenModelMixin, QwenProcessorMixin
 from mipruner_vllm.integration.mrope import grid_positions, pruned_mrope_input_positions
@@ -67,12 +67,17 @@ class MIPrunerQwen3VLMultiModalProcessor(QwenProcessorMixin, Qwen3VLMultiModalPr
             video_token_id=hf_config.video_token_id,
             select_token_id=True,
         )
+        token = detail_token(item[params_field("video")].data)
+        n_visual = frames * per_frame
         return PrunedPlaceholder(
             full=details.full,
             is_embed=details.is_embed,
-            n_visual=frames * per_frame,
+            n_visual=n_visual,
             n_kept=sum(budgets),
             method=params.applied_method,
+            detail_token=token,
+            grid=self._mipruner_item_grid("video", item, n_visual) if token else None,
+            detail_scores=bool(token and params.pruning_detail_scores),
         )
 
 
