@@ -43,6 +43,8 @@ QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 #: Qwen (M-RoPE, video) and one LLaVA, about 4 minutes each on 2 cores. Every family's tiny
 #: checkpoint shards over 2 ranks: 4 attention heads and 2 or 4 KV heads in the LLM, 2 vision heads.
 ARCHS = os.environ.get("MIPRUNER_TEST_TP_ARCHS", "qwen2_5_vl,llava").split(",")
+#: The demo checkpoint size (``MIPRUNER_TEST_TP_SIZE=mid``: the real vision towers, by hand).
+SIZE = os.environ.get("MIPRUNER_TEST_TP_SIZE", "tiny")
 SIDE = {"llava": 56, "llava_next": 56}
 ENGINE = {"max_num_batched_tokens": 256, "max_num_seqs": 8}
 #: vLLM's CPU Gated DeltaNet attention (Qwen3.5's linear layers) runs in bfloat16 only
@@ -137,12 +139,13 @@ def by_rank(records: list[dict]) -> list[list[dict]]:
     return list(ranks.values())
 
 
-def run_engine(engine_tools: Any, checkpoint: str, tp: int, debug_dir: Path) -> dict[str, Any]:
+def run_engine(
+    engine_tools: Any, arch: str, checkpoint: str, tp: int, debug_dir: Path
+) -> dict[str, Any]:
     """Outputs and worker records of one engine over :func:`steps`; the engine is shut down."""
     from transformers import AutoTokenizer
     from vllm import SamplingParams
 
-    arch = Path(checkpoint).name.split("-tiny")[0]
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     limits = {"image": 1, "video": 1} if arch in QWEN else {"image": 1}
     # One core per rank (the machine's two); tensor parallel 1 keeps vLLM's default binding.
@@ -202,9 +205,11 @@ def runs(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[Any, Any]:
     arch = request.param
-    checkpoint = str(demo_model_dir(arch))
+    checkpoint = str(demo_model_dir(arch, SIZE))
     runs: dict[Any, Any] = {
-        tp: run_engine(engine_tools, checkpoint, tp, tmp_path_factory.mktemp(f"{arch}-tp{tp}"))
+        tp: run_engine(
+            engine_tools, arch, checkpoint, tp, tmp_path_factory.mktemp(f"{arch}-tp{tp}")
+        )
         for tp in (1, 2)
     }
     # Items that prune: two images, two videos (Qwen), the mixed step's pruned items (all but
