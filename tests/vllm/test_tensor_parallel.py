@@ -45,6 +45,8 @@ QWEN3_VISION = ("qwen3_vl", "qwen3_5", "qwen3_5_moe")
 ARCHS = os.environ.get("MIPRUNER_TEST_TP_ARCHS", "qwen2_5_vl,llava").split(",")
 #: The demo checkpoint size (``MIPRUNER_TEST_TP_SIZE=mid``: the real vision towers, by hand).
 SIZE = os.environ.get("MIPRUNER_TEST_TP_SIZE", "tiny")
+#: A store that holds every item of the steps (the mid checkpoints' outputs are ~100x larger).
+STORE_BYTES = {"tiny": "1000000"}.get(SIZE, "256000000")
 SIDE = {"llava": 56, "llava_next": 56}
 ENGINE = {"max_num_batched_tokens": 256, "max_num_seqs": 8}
 #: vLLM's CPU Gated DeltaNet attention (Qwen3.5's linear layers) runs in bfloat16 only
@@ -157,7 +159,7 @@ def run_engine(
             checkpoint,
             plugin=True,
             debug_dir=debug_dir,
-            settings={"encoder_store_bytes": "1000000", "detail_dir": str(debug_dir / "detail")},
+            settings={"encoder_store_bytes": STORE_BYTES, "detail_dir": str(debug_dir / "detail")},
             tensor_parallel_size=tp,
             limit_mm_per_prompt=limits,
             dtype="bfloat16" if arch in BF16_ONLY else "float32",
