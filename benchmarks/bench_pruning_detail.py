@@ -15,9 +15,7 @@ detail's file hand-off in the worker and the API server); bytes are the response
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
-import io
 import os
 import platform
 import statistics
@@ -26,25 +24,15 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from utils import RESULTS_DIR, git_commit, utc_timestamp  # noqa: E402
+from utils import RESULTS_DIR, git_commit, image_url, utc_timestamp  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "none": {},
     "detail": {"pruning_detail": True},
     "detail+scores": {"pruning_detail": True, "pruning_detail_scores": True},
 }
-
-
-def image_url(seed: int, side: int) -> str:
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def one_request(client: httpx.Client, model: str, seed: int, side: int, fields: dict) -> dict:

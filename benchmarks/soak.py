@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import csv
-import io
 import json
 import os
 import platform
@@ -62,7 +60,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from utils import RESULTS_DIR, git_commit, utc_timestamp  # noqa: E402
+from utils import RESULTS_DIR, git_commit, image_url, utc_timestamp, video_url  # noqa: E402
 
 MODEL = "mipruner-demo"
 METHODS = ("mi", "trimtokenator", "similarity", "random", "divprune", "none")
@@ -104,32 +102,6 @@ POOL_VIDEOS = 4
 #: :func:`summarise`).
 ABORT_BUDGET = {"keep_tokens": 4, "pruning_method": "mi"}
 ABORT_VISUAL_TOKENS = 16
-
-
-# -- media ----------------------------------------------------------------------------------------
-
-
-def image_url(seed: int, side: int = 112) -> str:
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def video_url(seed: int, frames: int = 4, side: int = 112) -> str:
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "clip.mp4")
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (side, side))
-        for _ in range(frames):
-            writer.write(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
-        writer.release()
-        data = Path(path).read_bytes()
-    return "data:video/mp4;base64," + base64.b64encode(data).decode()
 
 
 # -- the request mix ------------------------------------------------------------------------------

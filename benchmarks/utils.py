@@ -184,3 +184,36 @@ def time_ms(
         return samples[0], samples[0], samples[0]
     q = statistics.quantiles(samples, n=10, method="inclusive")
     return statistics.median(samples), q[1], q[7]
+
+
+def image_url(seed: int, side: int = 112) -> str:
+    """A seeded random ``side`` x ``side`` RGB image as a PNG data URL (no network)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def video_url(seed: int, frames: int = 4, side: int = 112) -> str:
+    """A seeded random ``frames``-frame, 2 fps MP4 as a data URL (OpenCV, no network)."""
+    import base64
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "clip.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (side, side))
+        for _ in range(frames):
+            writer.write(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        writer.release()
+        data = Path(path).read_bytes()
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
