@@ -34,6 +34,11 @@ CUSTOM_DEFAULTS_ARGS: tuple[str, ...] = (
     "--playground", "--max-num-seqs", "8",
 )  # fmt: skip
 START_TIMEOUT_S = float(os.environ.get("MIPRUNER_TEST_SERVER_TIMEOUT", "420"))
+#: A new connection for every request. A request written to an idle keep-alive connection at the
+#: moment the server's keep-alive timer (5 s in vLLM) closes it fails with "Server disconnected
+#: without sending a response" (it failed a CI run so). The tests cannot retry instead: a retried
+#: request that did reach the server would be counted twice in the metrics they check exactly.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 
 @dataclass
@@ -52,6 +57,16 @@ class Server:
     def log_tail(self, n: int = 80) -> str:
         lines = self.log.read_text(errors="replace").splitlines()
         return "\n".join(lines[-n:])
+
+
+def openai_client(server: Server, timeout: float = 120.0) -> Any:
+    """The official client for ``server``: no retries, no idle keep-alive connections."""
+    openai = pytest.importorskip("openai")
+    http_client = openai.DefaultHttpxClient(limits=NO_KEEPALIVE, timeout=timeout)
+    return openai.OpenAI(
+        base_url=server.api, api_key="unused", max_retries=0, timeout=timeout,
+        http_client=http_client,
+    )  # fmt: skip
 
 
 def free_port() -> int:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import SHARED_SERVER_ARGS, Server, start_server, stop_server
+from helpers.server import (
+    NO_KEEPALIVE,
+    SHARED_SERVER_ARGS,
+    Server,
+    openai_client,
+    start_server,
+    stop_server,
+)
 
 
 class _Pool:
@@ -65,13 +72,12 @@ def server(_pool):
 
 @pytest.fixture()
 def client(server):
-    openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 @pytest.fixture()
 def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=120) as c:
+    with httpx.Client(base_url=server.base_url, timeout=120, limits=NO_KEEPALIVE) as c:
         yield c
 
 

@@ -30,7 +30,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.server import MODEL, N_VISUAL, image_messages, sample, scrape, selections, total
+from helpers.server import (
+    MODEL,
+    N_VISUAL,
+    image_messages,
+    openai_client,
+    sample,
+    scrape,
+    selections,
+    total,
+)
 
 from mipruner_vllm.params import n_keep
 
@@ -53,8 +62,7 @@ def dp_server(server_with):
 
 @pytest.fixture(scope="module")
 def client(dp_server):
-    openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=dp_server.api, api_key="unused", max_retries=0, timeout=600)
+    return openai_client(dp_server, timeout=600)
 
 
 def _ask(client, seed: int, question: str, budget: dict, **extra):

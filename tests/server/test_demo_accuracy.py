@@ -20,7 +20,7 @@ import json
 from collections import defaultdict
 
 import pytest
-from helpers.server import SHARED_SERVER_ARGS, start_server, stop_server
+from helpers.server import SHARED_SERVER_ARGS, openai_client, start_server, stop_server
 
 from mipruner_vllm.demo_model import task
 from mipruner_vllm.evaluation.data import load_items
@@ -68,8 +68,7 @@ def _fields(label: str) -> dict[str, object]:
 
 def _measure(server, items, kinds, work) -> dict[str, dict[str, float]]:
     """Per setting: accuracy per question kind and over all items."""
-    openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
+    client = openai_client(server)
     results: dict[str, dict[str, float]] = {}
     for label in THRESHOLDS:
         run_dir = work / label.replace(",", "_")

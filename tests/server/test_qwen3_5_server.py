@@ -10,7 +10,7 @@ from the caches, and a bad field that is refused while the server keeps serving.
 from __future__ import annotations
 
 import pytest
-from helpers.server import image_data_url, video_data_url
+from helpers.server import image_data_url, openai_client, video_data_url
 
 from mipruner_vllm.params import n_keep
 
@@ -26,10 +26,9 @@ N_VIDEO = 32
 
 @pytest.fixture()
 def client(server_with, demo_model_dir):
-    openai = pytest.importorskip("openai")
     model = str(demo_model_dir("qwen3_5"))
     server = server_with("--model", model, "--served-model-name", SERVED, name="qwen3_5")
-    return openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=300)
+    return openai_client(server, timeout=300)
 
 
 def _messages(question: str, url: str, kind: str = "image_url") -> list[dict]:

@@ -192,10 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = _settings(args)
 
-    from openai import OpenAI
+    import httpx
+    from openai import DefaultHttpxClient, OpenAI
 
     base_url = args.base_url.rstrip("/")
-    client = OpenAI(base_url=base_url, api_key=args.api_key, max_retries=0, timeout=600)
+    # No retries (a retried request is a second, uncounted run of the item) and so no reused idle
+    # connections: one the server's keep-alive timer closes just as a request is written to it
+    # would fail that item with "Server disconnected without sending a response".
+    http_client = DefaultHttpxClient(limits=httpx.Limits(max_keepalive_connections=0), timeout=600)
+    client = OpenAI(
+        base_url=base_url, api_key=args.api_key, max_retries=0, timeout=600,
+        http_client=http_client,
+    )  # fmt: skip
     model = args.model or client.models.list().data[0].id
     target = _Target(client, model, base_url, base_url.removesuffix("/v1"), args.out)
     if args.data is not None:
