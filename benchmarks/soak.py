@@ -142,13 +142,13 @@ def _user(media: dict | None, question: str) -> dict:
 class Mix:
     """Seeded request generator; the pools' data URLs are built once."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, mix: dict[str, int]) -> None:
         self.rng = random.Random(seed)
         self.images = [image_url(10_000 + i) for i in range(POOL_IMAGES)]
         self.videos = [video_url(20_000 + i) for i in range(POOL_VIDEOS)]
         self.counter = 0
-        self.kinds = list(MIX)
-        self.weights = [MIX[k] for k in self.kinds]
+        self.kinds = [kind for kind, weight in mix.items() if weight > 0]
+        self.weights = [mix[k] for k in self.kinds]
 
     def next(self) -> Planned:
         rng = self.rng
@@ -415,8 +415,11 @@ class Sampler(threading.Thread):
 # -- the load -------------------------------------------------------------------------------------
 
 
-async def drive(base_url: str, duration: float, concurrency: int, seed: int, t0: float) -> list:
-    mix = Mix(seed)
+async def drive(
+    base_url: str, duration: float, concurrency: int, seed: int, mix_weights: dict[str, int],
+    t0: float,
+) -> list:  # fmt: skip
+    mix = Mix(seed, mix_weights)
     records: list[Record] = []
     end = t0 + duration
     # A new connection per request: a request sent on an idle keep-alive connection just as the
@@ -578,7 +581,7 @@ def summarise(args, records, samples, store, t_run: float) -> dict:
             "seed": args.seed,
             "store_budget_bytes": args.store_bytes,
             "server_args": args.server_args,
-            "mix": MIX,
+            "mix": args.mix,
             "wall_s": round(t_run, 1),
         },
         "requests": {
@@ -681,6 +684,15 @@ def plot(path: Path, samples, minutes, summary) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _mix_weight(text: str) -> tuple[str, int]:
+    kind, _, weight = text.partition("=")
+    if kind not in MIX or not weight.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected KIND=WEIGHT, KIND one of {list(MIX)}, WEIGHT >= 0"
+        )
+    return kind, int(weight)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=900.0, help="seconds of load (default 900)")
@@ -693,9 +705,16 @@ def main() -> None:
     p.add_argument("--start-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "soak")
     p.add_argument("--plot", type=Path)
+    p.add_argument(
+        "--mix", type=_mix_weight, action="append", default=[], metavar="KIND=WEIGHT",
+        help=f"change one kind's weight (0 leaves it out); kinds and defaults: {MIX}",
+    )  # fmt: skip
     p.add_argument("--keep-work", action="store_true", help="keep the server log and debug dir")
     p.add_argument("server_args", nargs="*", help="after --: extra `mipruner-vllm serve` flags")
     args = p.parse_args()
+    args.mix = {**MIX, **dict(args.mix)}
+    if not any(args.mix.values()):
+        p.error("--mix: at least one kind needs a weight above 0")
 
     work = Path(tempfile.mkdtemp(prefix="mipruner-soak-"))
     launched = None
@@ -713,7 +732,9 @@ def main() -> None:
         sampler = Sampler(base_url, root_pid, args.sample_s, t0)
         sampler.sample()
         sampler.start()
-        records = asyncio.run(drive(base_url, args.duration, args.concurrency, args.seed, t0))
+        records = asyncio.run(
+            drive(base_url, args.duration, args.concurrency, args.seed, args.mix, t0)
+        )
         t_run = time.monotonic() - t0
         time.sleep(2)  # the last responses' counters are recorded after the body is sent
         sampler.stopped.set()

@@ -5,7 +5,7 @@ Each manifest validates strictly (the Ingress against the Kubernetes 1.33 schema
 ``kubernetes-validate``; Istio's DestinationRule against its generated models, unknown keys
 rejected), the rendered overlay (``kubectl kustomize``) points both routes at the base Service and
 its port, both hash the same header, and that header is the one ``docs/deploy.md`` tells clients
-to set.
+to set. Both proxies drop idle upstream connections before the server's keep-alive ends.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "affinity"
 HEADER = "x-mipruner-affinity"
+#: ingress-nginx's default upstream-keepalive-timeout (its ConfigMap), in seconds.
+INGRESS_NGINX_UPSTREAM_KEEPALIVE_S = 60
 
 
 MANIFESTS = sorted(p for p in OVERLAY.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -80,6 +82,14 @@ def test_affinity_overlay_renders_validates_and_routes_to_the_service():
     assert destination["trafficPolicy"]["loadBalancer"]["consistentHash"] == {
         "httpHeaderName": HEADER
     }
+
+    # Both proxies close an idle upstream connection before the server does, so neither writes a
+    # request to a connection the server is closing (ingress-nginx: upstream-keepalive-timeout,
+    # 60 s unless its ConfigMap says otherwise).
+    server_keep_alive_s = int(env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"])
+    envoy_idle = destination["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"]
+    assert envoy_idle.endswith("s") and int(envoy_idle[:-1]) < server_keep_alive_s
+    assert INGRESS_NGINX_UPSTREAM_KEEPALIVE_S < server_keep_alive_s
 
 
 def test_docs_tell_clients_the_header_the_routes_hash():
