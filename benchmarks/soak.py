@@ -581,6 +581,8 @@ def summarise(args, records, samples, store, t_run: float) -> dict:
             "seed": args.seed,
             "store_budget_bytes": args.store_bytes,
             "server_args": args.server_args,
+            # glibc allocator settings the server inherited (they change its RSS: docs/deploy.md)
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
             "mix": args.mix,
             "wall_s": round(t_run, 1),
         },
