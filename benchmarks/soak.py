@@ -60,7 +60,14 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from utils import RESULTS_DIR, git_commit, image_url, utc_timestamp, video_url  # noqa: E402
+from utils import (  # noqa: E402
+    RESULTS_DIR,
+    git_commit,
+    image_url,
+    machine_facts,
+    utc_timestamp,
+    video_url,
+)
 
 MODEL = "mipruner-demo"
 METHODS = ("mi", "trimtokenator", "similarity", "random", "divprune", "none")
@@ -562,12 +569,7 @@ def summarise(args, records, samples, store, t_run: float) -> dict:
     summary = {
         "when": utc_timestamp(),
         "commit": git_commit(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "note": "shared with other engineers' jobs during the run",
-        },
+        "machine": {**machine_facts(), "note": "shared with other engineers' jobs during the run"},
         "versions": versions(),
         "load_average": {
             "start": first.get("load1"),

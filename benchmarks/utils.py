@@ -43,6 +43,15 @@ def device_name(device: str) -> str:
     )
 
 
+def machine_facts() -> dict[str, object]:
+    """The machine a figure was measured on, for a result file's header."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def utc_timestamp() -> str:
     """The time of a measurement, UTC, to the second (ISO 8601)."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -2,8 +2,8 @@
 """Memory kept by each decoded image and video, on the API server's own decode path.
 
 The soak (``benchmarks/soak.py``) shows the API server's resident memory (RSS) growing steadily
-with the default mix, and staying flat without videos (``--mix video=0``). This script isolates
-the cause in one process: it loads ``--items`` seeded images, then as many 4-frame MP4 videos,
+with the default mix, and half as fast without videos (``--mix video=0``). This script isolates
+the videos' part in one process: it loads ``--items`` seeded images, then as many 4-frame MP4 videos,
 through vLLM's ``MediaConnector`` (what the API server calls for every ``image_url`` and
 ``video_url`` part), and every ``--items / 10`` loads records the RSS and the Python heap that
 ``tracemalloc`` sees. The slope per item (least squares after the first tenth) is what each load
@@ -35,14 +35,15 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from utils import RESULTS_DIR, git_commit, image_url, utc_timestamp, video_url  # noqa: E402
+import utils  # noqa: E402
 
 POOL = 8  # distinct data URLs per kind, reused round-robin (building one costs more than a load)
 
 
 def measure(kind: str, items: int, connector) -> list[dict]:
     process = psutil.Process()
-    urls = [(video_url if kind == "video" else image_url)(seed=100 + i) for i in range(POOL)]
+    data_url = utils.video_url if kind == "video" else utils.image_url
+    urls = [data_url(seed=100 + i) for i in range(POOL)]
     load = connector.fetch_video if kind == "video" else connector.fetch_image
     every = max(1, items // 10)
     rows = []
@@ -74,7 +75,7 @@ def kib_per_load(rows: list[dict], column: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--items", type=int, default=4000, help="loads per kind (default 4000)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "video-decode-memory")
+    p.add_argument("--out", type=Path, default=utils.RESULTS_DIR / "video-decode-memory")
     args = p.parse_args()
 
     import cv2
@@ -96,13 +97,9 @@ def main() -> None:
         for kind in ("image", "video")
     }
     summary = {
-        "when": utc_timestamp(),
-        "commit": git_commit(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": psutil.cpu_count(),
-        },
+        "when": utils.utc_timestamp(),
+        "commit": utils.git_commit(),
+        "machine": utils.machine_facts(),
         "versions": {
             "python": platform.python_version(),
             "vllm": vllm.__version__,
