@@ -3,8 +3,8 @@
 
 The soak (``benchmarks/soak.py``) shows the API server's resident memory (RSS) growing steadily
 with the default mix, and half as fast without videos (``--mix video=0``). This script isolates
-the videos' part in one process: it loads ``--items`` seeded images, then as many 4-frame MP4 videos,
-through vLLM's ``MediaConnector`` (what the API server calls for every ``image_url`` and
+the videos' part in one process: it loads ``--items`` seeded images, then as many 4-frame MP4
+videos, through vLLM's ``MediaConnector`` (what the API server calls for every ``image_url`` and
 ``video_url`` part), and every ``--items / 10`` loads records the RSS and the Python heap that
 ``tracemalloc`` sees. The slope per item (least squares after the first tenth) is what each load
 leaves behind.
@@ -81,7 +81,7 @@ def main() -> None:
     import cv2
     import PIL
     import vllm
-    from vllm.multimodal.media.connector import MediaConnector
+    from vllm.multimodal.media import MediaConnector
 
     connector = MediaConnector()
     tracemalloc.start(1)

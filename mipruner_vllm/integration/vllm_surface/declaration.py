@@ -518,6 +518,19 @@ SURFACE: tuple[VllmName, ...] = (
         params=("self", "url", "media_io", "*", "fetch_timeout"),
     ),
     _n(
+        "MediaConnector.fetch_image",
+        "attribute",
+        "benchmarks/video_decode_memory.py loads images as the API server does",
+        "vllm.multimodal.media.connector:MediaConnector.fetch_image",
+    ),
+    _n(
+        "MediaConnector.fetch_video",
+        "attribute",
+        "benchmarks/video_decode_memory.py loads videos as the API server does (OpenCV leaks per "
+        "video: docs/deploy.md)",
+        "vllm.multimodal.media.connector:MediaConnector.fetch_video",
+    ),
+    _n(
         "MediaConnector.allowed_local_media_path",
         "attribute",
         "file URLs are refused with a 400 unless the operator set --allowed-local-media-path",
