@@ -22,6 +22,8 @@ PORT=${MIPRUNER_E2E_PORT:-18000}
 IMAGE=mipruner-vllm:cpu
 BASE_IMAGE=local/debian:bookworm-minbase
 CONTAINER=mipruner-e2e-$$
+# /tmp on purpose, not $TMPDIR: dockerd's and containerd's sockets live under this directory, and
+# a unix socket path may not exceed 108 bytes (a long TMPDIR breaks the daemon's start).
 STATE=$(mktemp -d /tmp/mipruner-docker.XXXXXX)
 EXTRA=$ROOT/deploy/build-extra
 DOCKERD_PID=

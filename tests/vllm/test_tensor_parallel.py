@@ -46,7 +46,7 @@ ARCHS = os.environ.get("MIPRUNER_TEST_TP_ARCHS", "qwen2_5_vl,llava").split(",")
 #: The demo checkpoint size (``MIPRUNER_TEST_TP_SIZE=mid``: the real vision towers, by hand).
 SIZE = os.environ.get("MIPRUNER_TEST_TP_SIZE", "tiny")
 #: A store that holds every item of the steps (the mid checkpoints' outputs are ~100x larger).
-STORE_BYTES = {"tiny": "1000000"}.get(SIZE, "256000000")
+STORE_BYTES = "1000000" if SIZE == "tiny" else "256000000"
 SIDE = {"llava": 56, "llava_next": 56}
 ENGINE = {"max_num_batched_tokens": 256, "max_num_seqs": 8}
 #: vLLM's CPU Gated DeltaNet attention (Qwen3.5's linear layers) runs in bfloat16 only
